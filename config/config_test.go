@@ -1,0 +1,758 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// testFile is the file name used for parsed snippets; it is absolute so
+// that resolved TLS paths in the golden files do not depend on the
+// working directory.
+const testFile = "/etc/sitebridge/sitebridge.yaml"
+
+// validConfigs each produce testdata/<name>.golden.
+var validConfigs = []struct {
+	name string
+	yaml string
+	// check makes extra assertions on the parsed config.
+	check func(t *testing.T, c *Config)
+}{
+	{
+		name: "accepting-minimal",
+		yaml: `
+instance: cloud-0
+site: cloud
+tls:
+  ca: tls/ca.crt
+  cert: tls/cloud-0.crt
+  key: /abs/cloud-0.key
+tunnel:
+  listen: ":8443"
+peers:
+  - site: onprem
+`,
+		check: func(t *testing.T, c *Config) {
+			if !c.Accepting() {
+				t.Error("Accepting() = false")
+			}
+			if got := c.PeerSites(); !reflect.DeepEqual(got, []string{"onprem"}) {
+				t.Errorf("PeerSites() = %q", got)
+			}
+			if c.Tunnel.Keepalive.D() != time.Second || c.Tunnel.DeadAfter.D() != 3*time.Second {
+				t.Errorf("dev timing defaults: keepalive %v dead-after %v", c.Tunnel.Keepalive, c.Tunnel.DeadAfter)
+			}
+			if c.TLS.CA != "/etc/sitebridge/tls/ca.crt" || c.TLS.Key != "/abs/cloud-0.key" {
+				t.Errorf("tls paths: %+v", c.TLS)
+			}
+		},
+	},
+	{
+		name: "connecting-minimal",
+		yaml: `
+instance: onprem-0
+site: onprem
+tls: {insecure: true}
+peers:
+  - site: cloud
+    urls: [ws://cloud.example.com:8080/sitebridge, "wss://[::1]:8443/sitebridge"]
+services:
+  - name: server-a
+    connect: server-a.example.org:5551
+  - name: server-b
+    accept: 0.0.0.0:6661
+`,
+		check: func(t *testing.T, c *Config) {
+			if c.Accepting() {
+				t.Error("Accepting() = true")
+			}
+			if c.Services[0].IsAccept() || !c.Services[1].IsAccept() {
+				t.Errorf("IsAccept wrong: %+v", c.Services)
+			}
+			if c.Services[1].DialTimeout.D() != 5*time.Second {
+				t.Errorf("service dial-timeout default = %v", c.Services[1].DialTimeout)
+			}
+		},
+	},
+	{
+		name: "prod-full",
+		yaml: `
+# every key set
+instance: cloud-1
+site: cloud
+tenant: acme
+trust-domain: corp.example.com
+mode: prod
+tls:
+  ca: ../ca.crt
+  cert: ./cloud-1.crt
+  key: cloud-1.key
+  insecure: false
+tunnel:
+  listen: 10.0.0.5:8443
+  path: /tunnels/v1
+  advertise: wss://cloud-1.example.com:443/tunnels/v1
+  # keepalive and dead-after take the prod defaults
+  dial-timeout: 2s
+  backoff-min: 250ms
+  backoff-max: 1m
+peers:
+  - site: onprem-a
+  - site: onprem-b
+    urls: []
+services:
+  - name: db.primary_1
+    accept: 127.0.0.1:5432
+    dial-timeout: 1500ms
+admin:
+  listen: "[::]:0"
+  token: s3cret
+log:
+  level: debug
+  format: json
+limits:
+  handshake-timeout: 20s
+  hello-timeout: 2s
+  max-streams-per-tunnel: 1_000
+  max-message-size: 0x10000
+  open-timeout: 30s
+  idle-timeout: 1h
+`,
+		check: func(t *testing.T, c *Config) {
+			if c.Tunnel.Keepalive.D() != 10*time.Second || c.Tunnel.DeadAfter.D() != 30*time.Second {
+				t.Errorf("prod timing defaults: keepalive %v dead-after %v", c.Tunnel.Keepalive, c.Tunnel.DeadAfter)
+			}
+			if c.Peers[1].URLs != nil {
+				t.Errorf("urls: [] should decode as nil, got %#v", c.Peers[1].URLs)
+			}
+			if c.Limits.MaxStreamsPerTunnel != 1000 || c.Limits.MaxMessageSize != 65536 {
+				t.Errorf("limits: %+v", c.Limits)
+			}
+		},
+	},
+	{
+		name: "anchors-and-nulls",
+		yaml: `
+instance: edge-0
+site: edge
+tenant:            # null: same as absent
+tls: {insecure: true}
+tunnel:
+  listen: localhost:9000
+  keepalive: &ka 2s
+  dead-after: 7s
+  dial-timeout: *ka
+peers:
+  - &hub {site: hub, urls: ["ws://hub:9000/sitebridge"]}
+services:
+log: {}
+`,
+	},
+}
+
+func TestParseValid(t *testing.T) {
+	for _, tc := range validConfigs {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse(testFile, []byte(tc.yaml))
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if tc.check != nil {
+				tc.check(t, c)
+			}
+			out, err := c.Marshal()
+			if err != nil {
+				t.Fatalf("Marshal: %v", err)
+			}
+			golden := filepath.Join("testdata", tc.name+".golden")
+			if *update {
+				if err := os.WriteFile(golden, out, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test -update to create it)", err)
+			}
+			if !bytes.Equal(out, want) {
+				t.Errorf("Marshal output differs from %s (run go test -update):\n--- got\n%s--- want\n%s", golden, out, want)
+			}
+			c2, err := Parse(testFile, out)
+			if err != nil {
+				t.Fatalf("re-Parse of Marshal output: %v", err)
+			}
+			if !reflect.DeepEqual(c, c2) {
+				t.Errorf("re-Parse differs:\n%+v\n%+v", c, c2)
+			}
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate on an effective config: %v", err)
+			}
+		})
+	}
+}
+
+// invalidConfigs list, for each bad config, every expected error as
+// "line: path: message substring", in the order reported.
+var invalidConfigs = []struct {
+	name string
+	yaml string
+	want []string
+}{
+	{
+		name: "cluster",
+		yaml: `instance: cloud1
+site: cloud
+tls: {ca: ca.pem, cert: c.pem, key: k.pem}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+cluster:
+  name: "has space"
+  bind: "0.0.0.0:8443"
+  join: ["nohost", "ok.example.com:7946"]
+`,
+		want: []string{
+			`6: cluster.gossip-key: is required unless tls.insecure is true`,
+			`7: cluster.name: invalid cluster name "has space"`,
+			`8: cluster.bind: address 0.0.0.0:8443 conflicts with tunnel.listen (:8443)`,
+			`9: cluster.join[0]: invalid address "nohost"`,
+		},
+	},
+	{
+		name: "cluster-keys-without-name",
+		yaml: `instance: cloud1
+site: cloud
+tls: {ca: ca.pem, cert: c.pem, key: k.pem}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+cluster:
+  join: ["a.example.com:7946"]
+`,
+		want: []string{
+			`6: cluster.name: is required when any other cluster key is set`,
+		},
+	},
+	{
+		name: "several-errors-at-once",
+		yaml: `instance: Cloud_0
+site: cloud
+mode: staging
+tls:
+  ca: ca.pem
+tunnel:
+  listen: ":8443"
+  keepalive: 5s
+  dead-after: 2s
+peers:
+  - site: cloud
+`,
+		want: []string{
+			`1: instance: invalid name "Cloud_0"`,
+			`3: mode: must be "dev" or "prod", got "staging"`,
+			`4: tls.cert: is required unless tls.insecure is true`,
+			`4: tls.key: is required unless tls.insecure is true`,
+			`9: tunnel.dead-after: must be greater than tunnel.keepalive (5s), got 2s`,
+			`11: peers[0].site: must differ from this instance's site "cloud"`,
+		},
+	},
+	{
+		name: "unknown-keys",
+		yaml: `instance: a
+site: b
+colour: blue
+tls:
+  insecure: true
+tunnel:
+  listen: ":8443"
+  dead_after: 3s
+  listne: x
+  extra:
+    deeper: 1
+peers:
+  - site: c
+    url: wss://c:1/x
+`,
+		want: []string{
+			`3: colour: unknown key`,
+			`8: tunnel.dead_after: unknown key (did you mean "dead-after"?)`,
+			`9: tunnel.listne: unknown key (did you mean "listen"?)`,
+			`10: tunnel.extra: unknown key`,
+			`14: peers[0].url: unknown key (did you mean "urls"?)`,
+		},
+	},
+	{
+		name: "wrong-types",
+		yaml: `instance: [a, b]
+site: {x: 1}
+tls:
+  insecure: yes
+  ca: [x]
+tunnel: ":8443"
+peers: onprem
+limits:
+  max-streams-per-tunnel: lots
+  max-message-size: 1.5
+  open-timeout: [1s]
+`,
+		want: []string{
+			`1: instance: expected a string, got a list`,
+			`2: site: expected a string, got a mapping`,
+			// insecure did not decode, so the TLS files count as missing.
+			`3: tls.cert: is required`,
+			`3: tls.key: is required`,
+			`4: tls.insecure: expected true or false, got "yes"`,
+			`5: tls.ca: expected a string, got a list`,
+			`6: tunnel: expected a mapping, got ":8443"`,
+			`7: peers: expected a list, got "onprem"`,
+			`9: limits.max-streams-per-tunnel: expected an integer, got "lots"`,
+			`10: limits.max-message-size: expected an integer, got "1.5"`,
+			`11: limits.open-timeout: expected a duration`,
+		},
+	},
+	{
+		name: "bad-durations",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel:
+  listen: ":8443"
+  keepalive: abc
+  dead-after: 5
+  dial-timeout: -1s
+  backoff-min: 0s
+  backoff-max: 0
+peers: [{site: c}]
+limits:
+  idle-timeout: 0
+  hello-timeout: 1.5
+`,
+		want: []string{
+			`6: tunnel.keepalive: invalid duration "abc"`,
+			`7: tunnel.dead-after: invalid duration "5"`,
+			`8: tunnel.dial-timeout: must not be negative`,
+			`9: tunnel.backoff-min: must be greater than 0, got 0s`,
+			`10: tunnel.backoff-max: must be greater than 0, got 0s`,
+			`14: limits.hello-timeout: invalid duration "1.5"`,
+		},
+	},
+	{
+		name: "bad-urls",
+		yaml: `instance: a
+site: b
+tls: {ca: c, cert: c, key: k}
+tunnel:
+  listen: ":8443"
+  advertise: https://a.example.com:8443/sitebridge
+peers:
+  - site: c
+    urls:
+      - ws://c.example.com:80/sitebridge
+      - wss://c.example.com/sitebridge
+      - wss://c.example.com:8443
+      - wss://user@c.example.com:8443/x
+      - wss://c.example.com:99999/x
+      - wss://c.example.com:8443/x?y=1
+      - "wss:// bad"
+`,
+		want: []string{
+			`6: tunnel.advertise: scheme must be wss`,
+			`10: peers[0].urls[0]: scheme ws requires tls.insecure`,
+			`11: peers[0].urls[1]: an explicit port is required`,
+			`12: peers[0].urls[2]: the tunnel path is required`,
+			`13: peers[0].urls[3]: must not contain user information`,
+			`14: peers[0].urls[4]: port must be a number from 1 to 65535`,
+			`15: peers[0].urls[5]: must not contain a query or fragment`,
+			`16: peers[0].urls[6]: invalid URL`,
+		},
+	},
+	{
+		name: "services",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: c}, {site: c}, {site: "-x"}]
+services:
+  - name: web
+    accept: ":8080"
+  - name: web
+    connect: web.internal:80
+  - name: both
+    accept: ":81"
+    connect: x:81
+  - name: neither
+  - name: "bad name!"
+    accept: 0.0.0.0:8080
+  - accept: 127.0.0.1:8443
+  - name: nohost
+    connect: ":80"
+  - name: badport
+    accept: ":http"
+  - name: zero
+    accept: "localhost:0"
+`,
+		want: []string{
+			`5: peers[1].site: duplicate peer site "c" (also peers[0])`,
+			`5: peers[2].site: invalid name "-x"`,
+			`9: services[1].name: duplicate service name "web" (also services[0])`,
+			`11: services[2]: exactly one of accept or connect must be set, got both`,
+			`14: services[3]: exactly one of accept or connect must be set, got neither`,
+			`15: services[4].name: invalid service name "bad name!"`,
+			`16: services[4].accept: address 0.0.0.0:8080 conflicts with services[0].accept (:8080)`,
+			`17: services[5].name: is required`,
+			`17: services[5].accept: address 127.0.0.1:8443 conflicts with tunnel.listen (:8443)`,
+			`19: services[6].connect: host is required`,
+			`21: services[7].accept: port must be a number from 1 to 65535`,
+			`23: services[8].accept: port must be a number from 1 to 65535`,
+		},
+	},
+	{
+		name: "tls-keys-missing",
+		yaml: `instance: a
+site: b
+tunnel: {listen: ":8443"}
+peers: [{site: c}]
+`,
+		want: []string{
+			`1: tls.ca: is required unless tls.insecure is true`,
+			`1: tls.cert: is required unless tls.insecure is true`,
+			`1: tls.key: is required unless tls.insecure is true`,
+		},
+	},
+	{
+		name: "admin-exposed-without-token",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: c}]
+admin:
+  listen: 0.0.0.0:9100
+`,
+		want: []string{
+			`6: admin.token: is required when admin.listen (0.0.0.0:9100) is not a loopback address`,
+		},
+	},
+	{
+		name: "duplicate-keys",
+		yaml: `instance: a
+site: b
+instance: c
+tls: {insecure: true, insecure: false}
+tunnel: {listen: ":8443"}
+peers: [{site: c, site: d}]
+`,
+		want: []string{
+			`3: instance: duplicate key (first defined at line 1)`,
+			`4: tls.insecure: duplicate key (first defined at line 4)`,
+			`6: peers[0].site: duplicate key (first defined at line 6)`,
+		},
+	},
+	{
+		name: "required-and-neither",
+		yaml: `# no names, no listener, no urls
+tls: {insecure: true}
+tunnel:
+  advertise: ws://me:1/sitebridge
+peers:
+  - site: c
+`,
+		want: []string{
+			`2: instance: is required`,
+			`2: site: is required`,
+			`4: tunnel.advertise: is set but tunnel.listen is empty`,
+			`5: peers: instance neither accepts tunnels (tunnel.listen) nor dials any (peers[].urls)`,
+		},
+	},
+	{
+		name: "connecting-peer-without-urls",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+peers:
+  - site: c
+    urls: [ws://c:1/x]
+  - site: d
+`,
+		want: []string{
+			`7: peers[1].urls: required: this instance does not accept tunnels`,
+		},
+	},
+	{
+		name: "no-peers-and-explicit-zeros",
+		yaml: `instance: a
+site: b
+trust-domain: ""
+tls: {insecure: true}
+tunnel: {listen: "[::1]:8443", path: sitebridge}
+peers: []
+admin: {listen: ""}
+log: {level: verbose, format: xml}
+limits:
+  max-streams-per-tunnel: 0
+  max-message-size: 1000
+`,
+		want: []string{
+			`3: trust-domain: invalid trust domain ""`,
+			`5: tunnel.path: must start with "/"`,
+			`6: peers: at least one peer is required`,
+			`7: admin.listen: must not be empty`,
+			`8: log.level: must be one of debug, info, warn, error; got "verbose"`,
+			`8: log.format: must be text or json, got "xml"`,
+			`10: limits.max-streams-per-tunnel: must be greater than 0, got 0`,
+			`11: limits.max-message-size: must be at least 65536`,
+		},
+	},
+	{
+		name: "structure",
+		yaml: `instance: a
+site: b
+<<: {x: 1}
+? [complex]
+: key
+tls:
+  insecure: true
+  ca: "bell\a"
+tunnel: {listen: ":1"}
+peers:
+  -
+  - site: c
+`,
+		want: []string{
+			`3: : merge keys (<<) are not supported`,
+			`4: : expected a string key, got a list`,
+			`8: tls.ca: contains non-printable characters`,
+			`11: peers[0]: empty list item`,
+		},
+	},
+	{name: "empty", yaml: "", want: []string{`0: : empty config file`}},
+	{name: "comments-only", yaml: "# nothing\n\n", want: []string{`0: : empty config file`}},
+	{name: "null-document", yaml: "---\n~\n", want: []string{`2: : empty config file`}},
+	{name: "top-level-list", yaml: "- a\n- b\n", want: []string{`1: : expected a mapping at the top level, got a list`}},
+	{name: "syntax-error", yaml: "instance: a\nsite: b\n  tls: x\n", want: []string{`3: : invalid YAML: mapping values are not allowed`}},
+	{name: "syntax-error-line-1", yaml: "instance: [a\n", want: []string{`1: : invalid YAML:`}},
+	{name: "tab-indent", yaml: "instance: a\ntls:\n\tinsecure: true\n", want: []string{`3: : invalid YAML: found character that cannot start any token`}},
+	{name: "unknown-anchor", yaml: "instance: a\nsite: *nope\n", want: []string{`2: : invalid YAML: unknown anchor 'nope' referenced`}},
+	{name: "multiple-documents", yaml: "instance: a\n---\nsite: b\n", want: []string{`2: : multiple YAML documents`}},
+}
+
+func TestParseInvalid(t *testing.T) {
+	for _, tc := range invalidConfigs {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("bad.yaml", []byte(tc.yaml))
+			if err == nil {
+				t.Fatalf("Parse succeeded: %+v", c)
+			}
+			if c != nil {
+				t.Errorf("Parse returned a config with an error")
+			}
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("error %T is not Errors: %v", err, err)
+			}
+			var got []string
+			for _, e := range errs {
+				got = append(got, fmt.Sprintf("%d: %s: %s", e.Line, e.Path, e.Msg))
+				if e.File != "bad.yaml" {
+					t.Errorf("error %q has File %q", e, e.File)
+				}
+			}
+			ok := len(got) == len(tc.want)
+			for i := 0; ok && i < len(got); i++ {
+				ok = matches(got[i], tc.want[i])
+			}
+			if !ok {
+				t.Errorf("errors:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tc.want, "\n  "))
+			}
+		})
+	}
+}
+
+// matches reports whether got ("line: path: msg") has the line and path of
+// want and contains want's message.
+func matches(got, want string) bool {
+	w := strings.SplitN(want, ": ", 3)
+	g := strings.SplitN(got, ": ", 3)
+	return len(w) == 3 && len(g) == 3 && g[0] == w[0] && g[1] == w[1] && strings.Contains(g[2], w[2])
+}
+
+func TestExcessiveAliasing(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("instance: a\nsite: b\ntls: {insecure: true}\npeers:\n  - &p {site: c, urls: &u [")
+	for i := range 2000 {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("ws://c:1/x")
+	}
+	b.WriteString("]}\n")
+	for range 1000 {
+		b.WriteString("  - *p\n")
+	}
+	start := time.Now()
+	_, err := Parse("bomb.yaml", []byte(b.String()))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 1 || !strings.Contains(errs[0].Msg, "excessive aliasing") {
+		t.Errorf("Parse = %.200v, want an excessive aliasing error", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("Parse took %v", d)
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	_, err := Parse("cfg.yaml", []byte("instance: a\nsite: b\ntls: {insecure: true}\ntunnel: {listen: ':1', keepalive: x}\npeers: [{site: c}]\nfoo: 1\n"))
+	want := `cfg.yaml:4:35: tunnel.keepalive: invalid duration "x" (want e.g. "500ms", "5s", "2m")` + "\n" +
+		`cfg.yaml:6:1: foo: unknown key`
+	if err == nil || err.Error() != want {
+		t.Errorf("error:\n%v\nwant:\n%s", err, want)
+	}
+	var e *Error
+	if !errors.As(err, &e) || e.Line != 4 {
+		t.Errorf("errors.As(*Error) = %v", e)
+	}
+	for _, tc := range []struct {
+		e    Error
+		want string
+	}{
+		{Error{File: "f", Msg: "empty config file"}, "f: empty config file"},
+		{Error{Path: "a.b", Msg: "m"}, "a.b: m"},
+		{Error{File: "f", Line: 3, Path: "p", Msg: "m"}, "f:3: p: m"},
+		{Error{Line: 3, Column: 2, Msg: "m"}, "3:2: m"},
+	} {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("%+v.Error() = %q, want %q", tc.e, got, tc.want)
+		}
+	}
+}
+
+func TestRelativeTLSPaths(t *testing.T) {
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "etc")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(sub, "sitebridge.yaml")
+	data := "instance: a\nsite: b\ntls:\n  ca: ../ca.pem\n  cert: tls/a.crt\n  key: /abs/a.key\ntunnel: {listen: ':1'}\npeers: [{site: c}]\n"
+	if err := os.WriteFile(file, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := TLS{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(sub, "tls", "a.crt"), Key: "/abs/a.key"}
+	if c.TLS != want {
+		t.Errorf("TLS = %+v, want %+v", c.TLS, want)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Load = %v, want an error wrapping fs.ErrNotExist", err)
+	}
+	var errs Errors
+	if errors.As(err, &errs) {
+		t.Errorf("a missing file is not a config error: %v", err)
+	}
+}
+
+func TestExamples(t *testing.T) {
+	for _, name := range []string{"example-cloud.yaml", "example-onprem.yaml"} {
+		t.Run(name, func(t *testing.T) {
+			c, err := Load(name)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if len(c.Services) != 2 || c.Services[0].Name != "server-a" || c.Services[1].Name != "server-b" {
+				t.Errorf("services = %+v", c.Services)
+			}
+			cloud := name == "example-cloud.yaml"
+			if c.Accepting() != cloud || c.Services[0].IsAccept() != cloud {
+				t.Errorf("wrong side: accepting %v, server-a accept %v", c.Accepting(), c.Services[0].IsAccept())
+			}
+			if c.TLS.Insecure || !filepath.IsAbs(c.TLS.CA) {
+				t.Errorf("tls = %+v", c.TLS)
+			}
+		})
+	}
+}
+
+func TestSetDefaultsValidate(t *testing.T) {
+	c := &Config{
+		Instance: "onprem-0",
+		Site:     "onprem",
+		Mode:     ModeProd,
+		TLS:      TLS{Insecure: true},
+		Peers:    []Peer{{Site: "cloud", URLs: []string{"ws://cloud:80/sitebridge"}}},
+		Services: []Service{{Name: "s", Connect: "s.internal:22"}},
+	}
+	c.SetDefaults()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	if c.Tunnel.Keepalive.D() != DefaultKeepaliveProd || c.Services[0].DialTimeout.D() != DefaultDialTimeout ||
+		c.Admin.Listen != DefaultAdminListen || c.Limits.MaxMessageSize != DefaultMaxMessageSize {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+
+	c.Services = append(c.Services, Service{Name: "s", Accept: "0.0.0.0:22"})
+	c.Limits.IdleTimeout = -1
+	err := c.Validate()
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 3 {
+		t.Fatalf("Validate = %v, want 3 Errors", err)
+	}
+	if errs[0].Line != 0 || errs[0].Path == "" {
+		t.Errorf("Validate errors carry paths but no lines: %+v", errs[0])
+	}
+}
+
+func TestClone(t *testing.T) {
+	c, err := Parse(testFile, []byte(validConfigs[1].yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.Clone()
+	if !reflect.DeepEqual(c, d) {
+		t.Fatalf("Clone differs:\n%+v\n%+v", c, d)
+	}
+	d.Peers[0].URLs[0] = "changed"
+	d.Services[0].Name = "changed"
+	if c.Peers[0].URLs[0] == "changed" || c.Services[0].Name == "changed" {
+		t.Error("Clone shares slices with the original")
+	}
+}
+
+func TestDuration(t *testing.T) {
+	var v struct {
+		D Duration `yaml:"d"`
+	}
+	if err := yaml.Unmarshal([]byte("d: 1m30s"), &v); err != nil || v.D.D() != 90*time.Second {
+		t.Errorf("Unmarshal = %v, %v", v.D, err)
+	}
+	for _, bad := range []string{"d: -1s", "d: abc", "d: 5", "d: [1s]"} {
+		if err := yaml.Unmarshal([]byte(bad), &v); err == nil {
+			t.Errorf("Unmarshal(%q) succeeded", bad)
+		}
+	}
+	out, err := yaml.Marshal(v)
+	if err != nil || string(out) != "d: 1m30s\n" {
+		t.Errorf("Marshal = %q, %v", out, err)
+	}
+	if b, _ := Duration(500 * time.Millisecond).MarshalText(); string(b) != "500ms" {
+		t.Errorf("MarshalText = %q", b)
+	}
+}

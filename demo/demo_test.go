@@ -1,0 +1,90 @@
+package demo
+
+import (
+	"context"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sitebridge/sitebridge/drill"
+	"github.com/sitebridge/sitebridge/internal/loopback"
+)
+
+// TestDemoForwardsAllFourPorts runs the embedded default on a random
+// loopback address and sends a line through each client port.
+func TestDemoForwardsAllFourPorts(t *testing.T) {
+	host, err := loopback.Pick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	o := Options{Host: host, Out: &out}
+	ctx, cancel := context.WithCancel(context.Background())
+	readyc := make(chan []Instance, 1)
+	var wg sync.WaitGroup
+	var runErr error
+	wg.Go(func() { runErr = Run(ctx, o, func(in []Instance) { readyc <- in }) })
+	defer func() {
+		cancel()
+		wg.Wait()
+		if runErr != nil {
+			t.Errorf("demo.Run: %v", runErr)
+		}
+	}()
+	var insts []Instance
+	select {
+	case insts = <-readyc:
+	case <-time.After(20 * time.Second):
+		t.Fatal("demo not ready within 20s")
+	}
+	if !strings.Contains(out.String(), "nc "+host+" 5551") {
+		t.Fatalf("instructions do not say what to type:\n%s", out.String())
+	}
+	forwardsAll(t, host, insts)
+
+	// The failover drill through the admin API: stop each instance in turn,
+	// every other port keeps echoing, the stopped one comes back.
+	var targets []drill.Target
+	for _, in := range insts {
+		targets = append(targets, drill.Target{Name: in.Name, Path: in.Service,
+			Admin:  net.JoinHostPort(host, strconv.Itoa(in.AdminPort)),
+			Client: net.JoinHostPort(host, strconv.Itoa(in.ClientPort))})
+	}
+	rows, err := drill.Run(ctx, drill.Options{Targets: targets, Probes: 3})
+	var table strings.Builder
+	drill.Print(&table, rows)
+	t.Logf("drill:\n%s", table.String())
+	if err != nil {
+		t.Fatalf("drill: %v", err)
+	}
+	if len(rows) != 4*4 {
+		t.Fatalf("drill made %d rows, want 16", len(rows))
+	}
+	forwardsAll(t, host, insts)
+}
+
+func forwardsAll(t *testing.T, host string, insts []Instance) {
+	t.Helper()
+	for _, in := range insts {
+		addr := net.JoinHostPort(host, strconv.Itoa(in.ClientPort))
+		line := "hello via " + in.Name + "\n"
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := roundTrip(addr, line)
+			if err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s (%s): %v", in.Name, addr, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+func roundTrip(addr, line string) error {
+	return drill.Probe(context.Background(), addr, line, 5*time.Second)
+}

@@ -1,0 +1,267 @@
+package gateway
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sitebridge/sitebridge/config"
+)
+
+// Status is what /api/v1/status reports.
+type Status struct {
+	Instance string         `json:"instance"`
+	Site     string         `json:"site"`
+	Tenant   string         `json:"tenant,omitempty"`
+	State    string         `json:"state"` // "running" or "stopped" (by the admin API)
+	Epoch    uint64         `json:"epoch,omitempty"`
+	Tunnels  []TunnelStatus `json:"tunnels"`
+	Members  []MemberStatus `json:"members,omitempty"`
+	Services []string       `json:"services_offered"` // connect services whose target passes its health check
+}
+
+// TunnelStatus describes one live tunnel.
+type TunnelStatus struct {
+	Peer     string   `json:"peer"`
+	Site     string   `json:"site"`
+	Epoch    uint64   `json:"epoch"`
+	URL      string   `json:"url,omitempty"` // set when this instance dialled it
+	Addr     string   `json:"addr"`
+	Services []string `json:"services"`
+	Active   int64    `json:"active_connections"`
+}
+
+// MemberStatus describes one live member of this instance's cluster.
+type MemberStatus struct {
+	Name      string   `json:"name"`
+	Addr      string   `json:"addr"`
+	Epoch     uint64   `json:"epoch"`
+	TunnelURL string   `json:"tunnel_url,omitempty"`
+	Admin     string   `json:"admin,omitempty"`
+	Reach     []string `json:"reach,omitempty"`
+}
+
+// Status reports the instance's live tunnels and cluster members.
+func (in *Instance) Status() Status {
+	st := Status{Instance: in.cfg.Instance, Site: in.cfg.Site, Tenant: in.cfg.Tenant, State: "running", Epoch: in.epoch,
+		Tunnels: []TunnelStatus{}, Services: in.offered()}
+	for _, p := range in.peers.all() {
+		st.Tunnels = append(st.Tunnels, TunnelStatus{
+			Peer: p.hello.Instance, Site: p.hello.Site, Epoch: p.hello.Epoch, URL: p.url,
+			Addr: p.sess.RemoteAddr(), Services: p.sess.Services(), Active: p.active.Load(),
+		})
+	}
+	if in.cluster != nil {
+		for _, m := range in.cluster.Members() {
+			st.Members = append(st.Members, MemberStatus{Name: m.Name, Addr: m.Addr, Epoch: m.Meta.Epoch,
+				TunnelURL: m.Meta.TunnelURL, Admin: m.Meta.Admin, Reach: m.Meta.Reach})
+		}
+	}
+	return st
+}
+
+// Supervisor runs one instance together with its admin endpoint. Through
+// the admin API the instance can be stopped and started again while the
+// admin endpoint stays up: each start is a new epoch, exactly as a process
+// restart would be, which is what failover drills need.
+type Supervisor struct {
+	cfg *config.Config
+	log *slog.Logger
+
+	first *Instance // made by NewSupervisor, run by the first start
+
+	mu      sync.Mutex
+	cur     *Instance          // the running instance, or nil when stopped
+	stop    context.CancelFunc // stops cur
+	startCh chan struct{}      // receives start requests while stopped
+}
+
+// NewSupervisor checks that an instance can be made from cfg (TLS material
+// included) and returns a supervisor for it.
+func NewSupervisor(cfg *config.Config, log *slog.Logger) (*Supervisor, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	in, err := New(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	return &Supervisor{cfg: cfg, log: log, first: in, startCh: make(chan struct{}, 1)}, nil
+}
+
+// errStopped: the instance was stopped through the admin API.
+var errStopped = errors.New("instance stopped through the admin API")
+
+// Run serves the admin endpoint and runs the instance until ctx ends. The
+// first start's errors (a port in use, say) are returned at once; ready is
+// called once the first start has bound its listeners.
+func (s *Supervisor) Run(ctx context.Context, ready func()) error {
+	adminLn, err := net.Listen("tcp", s.cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("admin.listen: %w", err)
+	}
+	srv := s.adminServer()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer srv.Close()
+	wg.Go(func() {
+		if err := srv.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("admin server failed", "err", err)
+		}
+	})
+	readyOnce := sync.OnceFunc(func() {
+		if ready != nil {
+			ready()
+		}
+	})
+	for first := true; ; first = false {
+		in, err := s.first, error(nil)
+		if !first {
+			// Each start is a new instance: a new epoch, the TLS files
+			// read again.
+			in, err = New(s.cfg, s.log)
+		}
+		if err != nil {
+			if first {
+				return err
+			}
+			s.log.Error("instance start failed; staying stopped", "err", err)
+		} else {
+			in.adminAddr = adminLn.Addr().String()
+			ictx, cancel := context.WithCancelCause(ctx)
+			s.mu.Lock()
+			s.cur, s.stop = in, func() { cancel(errStopped) }
+			s.mu.Unlock()
+			err = in.Run(ictx, readyOnce)
+			cancel(nil)
+			s.mu.Lock()
+			s.cur, s.stop = nil, nil
+			s.mu.Unlock()
+			if err != nil {
+				if first {
+					return err
+				}
+				s.log.Error("instance start failed; staying stopped", "err", err)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.Warn("instance stopped; POST /api/v1/start to start it again")
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.startCh:
+			s.log.Info("instance starting again (admin API)")
+		}
+	}
+}
+
+// Current returns the running instance, or nil while stopped.
+func (s *Supervisor) Current() *Instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cur
+}
+
+// Stop stops the running instance (its admin endpoint stays up). It
+// reports whether an instance was running.
+func (s *Supervisor) Stop() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stop == nil {
+		return false
+	}
+	s.stop()
+	s.stop = nil
+	return true
+}
+
+// Start starts a stopped instance again. It reports false if it is running.
+func (s *Supervisor) Start() bool {
+	s.mu.Lock()
+	running := s.cur != nil
+	s.mu.Unlock()
+	if running {
+		return false
+	}
+	select {
+	case s.startCh <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (s *Supervisor) status() Status {
+	if in := s.Current(); in != nil {
+		return in.Status()
+	}
+	return Status{Instance: s.cfg.Instance, Site: s.cfg.Site, Tenant: s.cfg.Tenant, State: "stopped", Tunnels: []TunnelStatus{}, Services: []string{}}
+}
+
+func (s *Supervisor) adminServer() *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		st := s.status()
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "instance": st.Instance, "site": st.Site, "state": st.State})
+	})
+	mux.Handle("GET /api/v1/status", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.status())
+	})))
+	mux.Handle("POST /api/v1/stop", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.Stop() {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": "instance is not running"})
+			return
+		}
+		s.log.Warn("instance stop requested (admin API)", "from", r.RemoteAddr)
+		writeJSON(w, http.StatusAccepted, map[string]string{"state": "stopping"})
+	})))
+	mux.Handle("POST /api/v1/start", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.Start() {
+			writeJSON(w, http.StatusConflict, map[string]string{"error": "instance is running"})
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"state": "starting"})
+	})))
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+}
+
+// requireToken guards h with the configured bearer token, if any. Without
+// a token the admin endpoint is on loopback (config validation insists).
+func (s *Supervisor) requireToken(h http.Handler) http.Handler {
+	token := s.cfg.Admin.Token
+	if token == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong bearer token"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}

@@ -1,0 +1,176 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/sitebridge/sitebridge/tunnel"
+)
+
+var (
+	// errDuplicate: a dialled session reached an instance this instance
+	// already holds a session to (same instance, same epoch).
+	errDuplicate = errors.New("duplicate tunnel to an instance already connected")
+	// errStale: a session from an older epoch of an instance than one
+	// already registered.
+	errStale = errors.New("stale epoch: a newer session from that instance is registered")
+)
+
+// peer is one registered tunnel session.
+type peer struct {
+	sess   *tunnel.Session
+	hello  tunnel.Hello
+	url    string       // the URL we dialled, or "" for an accepted tunnel
+	active atomic.Int64 // client connections currently forwarded over it
+}
+
+func (p *peer) key() string { return p.hello.Site + "/" + p.hello.Instance }
+
+func (p *peer) sessOrNil() *tunnel.Session {
+	if p == nil {
+		return nil
+	}
+	return p.sess
+}
+
+// registry holds the live tunnel sessions of an instance, keyed by remote
+// instance, and fences older epochs.
+type registry struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	byKey   map[string][]*peer
+	changed chan struct{} // closed and replaced whenever a session is added or removed
+}
+
+func newRegistry(log *slog.Logger) *registry {
+	return &registry{log: log, byKey: map[string][]*peer{}, changed: make(chan struct{})}
+}
+
+// add registers s. A session from a newer epoch of an instance closes the
+// older ones at once (fencing); one from an older epoch is refused.
+func (r *registry) add(s *tunnel.Session, url string) (*peer, error) {
+	p := &peer{sess: s, hello: s.Remote(), url: url}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var keep []*peer
+	for _, old := range r.byKey[p.key()] {
+		switch {
+		case old.hello.Epoch > p.hello.Epoch:
+			return nil, fmt.Errorf("%w (have epoch %d, got %d)", errStale, old.hello.Epoch, p.hello.Epoch)
+		case old.hello.Epoch < p.hello.Epoch:
+			r.log.Info("tunnel fenced", "peer", old.hello.Instance, "old_epoch", old.hello.Epoch, "new_epoch", p.hello.Epoch)
+			old.sess.Close()
+		case url != "" && old.url != "" && old.url != url:
+			return nil, fmt.Errorf("%w: %s already reached through %s", errDuplicate, p.hello.Instance, old.url)
+		default:
+			keep = append(keep, old)
+		}
+	}
+	r.byKey[p.key()] = append(keep, p)
+	r.notifyLocked()
+	return p, nil
+}
+
+func (r *registry) notifyLocked() {
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// changes returns a channel closed at the next add or remove.
+func (r *registry) changes() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// waitGone returns when no session to the instance h names is registered,
+// or ctx ends.
+func (r *registry) waitGone(ctx context.Context, h tunnel.Hello) {
+	key := h.Site + "/" + h.Instance
+	for {
+		r.mu.Lock()
+		n, ch := len(r.byKey[key]), r.changed
+		r.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
+}
+
+// remove unregisters p if it is still registered.
+func (r *registry) remove(p *peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := slices.DeleteFunc(r.byKey[p.key()], func(q *peer) bool { return q == p })
+	if len(list) == 0 {
+		delete(r.byKey, p.key())
+	} else {
+		r.byKey[p.key()] = list
+	}
+	r.notifyLocked()
+}
+
+// candidates lists the live sessions whose peer offers service, least
+// busy first, ties in random order, and a channel closed on the next add.
+func (r *registry) candidates(service string) ([]*peer, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*peer
+	for _, list := range r.byKey {
+		for _, p := range list {
+			if p.sess.Offers(service) {
+				out = append(out, p)
+			}
+		}
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	slices.SortStableFunc(out, func(a, b *peer) int {
+		return int(a.active.Load() - b.active.Load())
+	})
+	return out, r.changed
+}
+
+// all returns every registered session.
+func (r *registry) all() []*peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*peer
+	for _, list := range r.byKey {
+		out = append(out, list...)
+	}
+	slices.SortFunc(out, func(a, b *peer) int {
+		if c := cmpString(a.key(), b.key()); c != 0 {
+			return c
+		}
+		return cmpString(a.url, b.url)
+	})
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// closeAll closes every registered session.
+func (r *registry) closeAll() {
+	for _, p := range r.all() {
+		p.sess.Close()
+	}
+}

@@ -1,0 +1,230 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/sitebridge/sitebridge/ha"
+	"github.com/sitebridge/sitebridge/tunnel"
+)
+
+// errNoPath: no live tunnel offers the service within the open deadline.
+var errNoPath = errors.New("no live tunnel offers the service")
+
+// acceptLoop accepts clients of one accept service until ln is closed. At
+// most limits.max-pending-per-port of them wait for a route at once; the
+// excess is closed at once (a flood must not grow memory without bound).
+func (in *Instance) acceptLoop(ctx context.Context, service string, ln net.Listener) {
+	log := in.log.With("service", service)
+	pending := make(chan struct{}, in.cfg.Limits.MaxPendingPerPort)
+	var refused int
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait, keep serving.
+			log.Error("accept failed", "err", err)
+			sleep(ctx, 100*time.Millisecond)
+			continue
+		}
+		select {
+		case pending <- struct{}{}:
+		default:
+			refused++
+			if refused == 1 || refused%1000 == 0 {
+				log.Warn("client connection refused", "client", c.RemoteAddr().String(),
+					"reason", "too many connections waiting for a route (limits.max-pending-per-port)", "refused_so_far", refused)
+			}
+			c.Close()
+			continue
+		}
+		in.conns.Go(func() { in.handleClient(ctx, service, c, func() { <-pending }) })
+	}
+}
+
+// handleClient forwards one client connection over a tunnel.
+// routed is called once the connection has a route or has been refused.
+func (in *Instance) handleClient(ctx context.Context, service string, c net.Conn, routed func()) {
+	defer c.Close()
+	octx, cancel := context.WithTimeout(ctx, in.cfg.Limits.OpenTimeout.D())
+	st, p, err := in.open(octx, service, true)
+	cancel()
+	routed()
+	if err != nil {
+		in.log.Warn("client connection refused", "service", service, "client", c.RemoteAddr().String(), "reason", err.Error())
+		return
+	}
+	in.forward(ctx, service, c, st, p)
+}
+
+// forward splices a client (or relayed) connection with its stream.
+func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn, p *peer) {
+	if p != nil {
+		p.active.Add(1)
+		defer p.active.Add(-1)
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close(); st.Close() })
+	defer stop()
+	if idle := in.cfg.Limits.IdleTimeout.D(); idle > 0 {
+		g := newIdleGuard(idle, func() {
+			in.log.Info("client connection closed", "service", service, "client", c.RemoteAddr().String(), "reason", "idle timeout")
+			c.Close()
+			st.Close()
+		})
+		defer g.stop()
+		c, st = idleConn{c, g}, idleConn{st, g}
+	}
+	tunnel.Splice(c, st)
+}
+
+// route is one way to reach a service: a tunnel of this instance, or a
+// relay through another member of this site.
+type route struct {
+	p     *peer     // a direct tunnel, or nil
+	relay ha.Member // else: the member to relay through
+}
+
+// key identifies the route among the attempts of one open.
+func (r route) key() any {
+	if r.p != nil {
+		return r.p
+	}
+	return "relay:" + r.relay.Name
+}
+
+func (r route) String() string {
+	if r.p != nil {
+		return r.p.hello.Instance
+	}
+	return "relay " + r.relay.Name
+}
+
+// routes lists the ways to reach service in the order to try them: live
+// tunnels whose far end offers it, least busy first; then, if relay is
+// allowed, members of this site that reach it. The channels are closed at
+// the next change of tunnels or membership.
+func (in *Instance) routes(service string, relay bool) ([]route, <-chan struct{}, <-chan struct{}) {
+	peers, changed := in.peers.candidates(service)
+	out := make([]route, 0, len(peers))
+	for _, p := range peers {
+		out = append(out, route{p: p})
+	}
+	var members <-chan struct{}
+	if relay && in.cluster != nil {
+		members = in.cluster.Changed()
+		for _, m := range in.cluster.Members() {
+			if m.Name == in.cfg.Instance || m.Meta.Site != in.cfg.Site || m.Meta.Relay == "" {
+				continue
+			}
+			if m.Meta.ReachTruncated || slices.Contains(m.Meta.Reach, service) {
+				out = append(out, route{relay: m})
+			}
+		}
+	}
+	return out, changed, members
+}
+
+// open opens a stream for service on the best route, trying the next one
+// when opening fails or the far side refuses, and waiting for a route to
+// appear when there is none, all within ctx's deadline. The peer is nil
+// for a relayed stream.
+func (in *Instance) open(ctx context.Context, service string, relay bool) (net.Conn, *peer, error) {
+	tried := map[any]bool{}
+	var errs []error
+	for {
+		routes, changed, members := in.routes(service, relay)
+		var r *route
+		more := false // another untried route remains after r
+		for i := range routes {
+			if tried[routes[i].key()] {
+				continue
+			}
+			if r != nil {
+				more = true
+				break
+			}
+			r = &routes[i]
+		}
+		if r == nil {
+			select {
+			case <-changed:
+				continue
+			case <-members:
+				continue
+			case <-ctx.Done():
+				if len(errs) == 0 {
+					return nil, nil, fmt.Errorf("%w %q", errNoPath, service)
+				}
+				return nil, nil, fmt.Errorf("every route failed: %w", errors.Join(errs...))
+			}
+		}
+		tried[r.key()] = true
+		st, err := in.openOn(ctx, *r, service, more)
+		if err == nil {
+			if r.p == nil {
+				in.log.Debug("client relayed", "service", service, "via", r.relay.Name)
+			}
+			return st, r.p, nil
+		}
+		in.log.Debug("stream open failed, trying next route", "service", service, "route", r.String(), "err", err)
+		errs = append(errs, fmt.Errorf("via %s: %w", r, err))
+	}
+}
+
+// openOn opens a stream on one route. While other routes remain, one
+// attempt may use only half of the time left, so a far end that hangs (a
+// black-holed target) still leaves time to try the next route.
+func (in *Instance) openOn(ctx context.Context, r route, service string, more bool) (net.Conn, error) {
+	if d, ok := ctx.Deadline(); ok && more {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Until(d)/2)
+		defer cancel()
+	}
+	sess := r.p.sessOrNil()
+	if sess == nil {
+		var err error
+		if sess, err = in.relaySession(ctx, r.relay); err != nil {
+			return nil, err
+		}
+	}
+	return sess.OpenService(ctx, in.cfg.Tenant, service)
+}
+
+// serveInbound serves a stream a peer opened: it connects the named
+// service's target from this instance's own config, or refuses.
+func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
+	h := st.Header
+	r := s.Remote()
+	log := in.log.With("peer", r.Instance, "service", h.Service)
+	svc, ok := in.connect[h.Service]
+	if !ok {
+		log.Warn("stream refused", "code", tunnel.CodeUnknownService.String())
+		st.Refuse(tunnel.CodeUnknownService, fmt.Sprintf("instance %s does not connect service %q", in.cfg.Instance, h.Service))
+		return
+	}
+	if h.Tenant != r.Tenant {
+		log.Warn("stream refused", "code", tunnel.CodeForbidden.String(), "tenant", h.Tenant)
+		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", h.Tenant))
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, svc.DialTimeout.D())
+	target, err := (&net.Dialer{}).DialContext(dctx, "tcp", svc.Connect)
+	cancel()
+	if err != nil {
+		log.Warn("stream refused", "code", tunnel.CodeTargetUnreachable.String(), "err", err)
+		st.Refuse(tunnel.CodeTargetUnreachable, fmt.Sprintf("instance %s cannot reach service %q", in.cfg.Instance, h.Service))
+		return
+	}
+	if err := st.Accept(); err != nil {
+		target.Close()
+		st.Close()
+		return
+	}
+	tunnel.Splice(st, target)
+}

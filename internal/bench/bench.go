@@ -1,0 +1,659 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	lb "github.com/sitebridge/sitebridge/internal/loopback"
+)
+
+// Options configure a run.
+type Options struct {
+	// Short selects the short mode: one run of each figure, shorter loads,
+	// no WAN profile unless WAN is "on". It checks that everything works,
+	// and its figures are rough.
+	Short bool
+	// Bin is the sitebridge binary to run the instances with.
+	Bin string
+	// Runs overrides the number of runs per figure (default 3, short 1).
+	Runs int
+	// WAN is "auto" (full mode only, when root and iproute2 are there),
+	// "on" (fail if it cannot run) or "off".
+	WAN string
+	// WANDelay is the one-way delay of the WAN profile (default 20ms, so a
+	// 40 ms round trip).
+	WANDelay time.Duration
+	// Only, if set, limits the run to these groups: memory, throughput_1,
+	// throughput_8, echo, conns (for profiling one figure).
+	Only []string
+	// RelayArgv, if set, starts a reference relay process when followed by
+	// LISTEN=TARGET pairs (see Relay); the loopback figures then have a
+	// reference column.
+	RelayArgv []string
+	// NoLoopback skips the loopback figures (to run only the WAN profile).
+	NoLoopback bool
+	// Progress receives a line per measurement (may be nil).
+	Progress io.Writer
+}
+
+func (o Options) want(group string) bool { return len(o.Only) == 0 || slices.Contains(o.Only, group) }
+
+// params are the load sizes of a mode.
+type params struct {
+	runs        int
+	tpDur       time.Duration // per throughput run
+	tpMax       int64         // bytes per stream, an upper bound
+	echoWarm    int
+	echoN       int
+	echoMax     time.Duration
+	connWorkers int
+	connDur     time.Duration
+	connMax     int64
+	held        int
+	wanTPDur    time.Duration
+}
+
+func paramsFor(o Options) params {
+	p := params{
+		runs: 3, tpDur: 1500 * time.Millisecond, tpMax: 32 << 30,
+		echoWarm: 500, echoN: 10000, echoMax: 4 * time.Second,
+		connWorkers: 4, connDur: 1500 * time.Millisecond, connMax: 40000,
+		held: 1000, wanTPDur: 3 * time.Second,
+	}
+	if o.Short {
+		p.runs, p.tpDur = 1, 500*time.Millisecond
+		p.echoWarm, p.echoN, p.echoMax = 200, 2000, 2*time.Second
+		p.connDur, p.connMax = 500*time.Millisecond, 10000
+		p.wanTPDur = 2 * time.Second
+	}
+	if o.Runs > 0 {
+		p.runs = o.Runs
+	}
+	return p
+}
+
+// Figure is one line of the table.
+type Figure struct {
+	Key        string    `json:"key"`
+	Name       string    `json:"name"`
+	Unit       string    `json:"unit,omitempty"`
+	Direct     *float64  `json:"direct,omitempty"`
+	Tunnel     *float64  `json:"tunnel,omitempty"`
+	Ratio      *float64  `json:"ratio,omitempty"` // tunnel / direct
+	Target     string    `json:"target,omitempty"`
+	Pass       *bool     `json:"pass,omitempty"`
+	Status     string    `json:"status,omitempty"` // set when there is no value
+	DirectRuns []float64 `json:"direct_runs,omitempty"`
+	TunnelRuns []float64 `json:"tunnel_runs,omitempty"`
+	// Relay is the reference: two plain TCP relays in a chain (loopback
+	// only; see Relay).
+	Relay     *float64  `json:"relay,omitempty"`
+	RelayRuns []float64 `json:"relay_runs,omitempty"`
+}
+
+// Machine describes where a run happened.
+type Machine struct {
+	CPUs      int    `json:"cpus"`
+	CPUModel  string `json:"cpu_model,omitempty"`
+	Kernel    string `json:"kernel,omitempty"`
+	GoVersion string `json:"go_version"`
+	OS        string `json:"os"`
+}
+
+// WANResults is the WAN profile.
+type WANResults struct {
+	Status     string   `json:"status"` // "ok", or why it did not run
+	Delay      string   `json:"delay,omitempty"`
+	DelayKind  string   `json:"delay_kind,omitempty"` // "netem" or "tun delay line"
+	RTTMillis  float64  `json:"rtt_ms,omitempty"`     // measured echo round trip, direct
+	WindowSize int      `json:"yamux_window_bytes,omitempty"`
+	Figures    []Figure `json:"figures,omitempty"`
+}
+
+// Results is what a run writes as JSON.
+type Results struct {
+	Schema   int         `json:"schema"`
+	Time     time.Time   `json:"time"`
+	Mode     string      `json:"mode"`
+	Runs     int         `json:"runs"`
+	Commit   string      `json:"commit,omitempty"`
+	Machine  Machine     `json:"machine"`
+	Params   ParamsJSON  `json:"params"`
+	Figures  []Figure    `json:"figures"`
+	WAN      *WANResults `json:"wan,omitempty"`
+	Seconds  float64     `json:"seconds"`
+	Problems []string    `json:"problems,omitempty"`
+}
+
+// ParamsJSON records the load sizes used.
+type ParamsJSON struct {
+	ThroughputSeconds float64 `json:"throughput_seconds"`
+	ChunkBytes        int     `json:"chunk_bytes"`
+	EchoBytes         int     `json:"echo_bytes"`
+	EchoRoundTrips    int     `json:"echo_round_trips"`
+	ConnWorkers       int     `json:"conn_workers"`
+	ConnSeconds       float64 `json:"conn_seconds"`
+	HeldConnections   int     `json:"held_connections"`
+}
+
+const notBuilt = "n/a (not built yet)"
+
+// Run measures everything and returns the results. An error means the run
+// could not be made at all; a figure that failed is marked in its Status
+// and listed in Problems.
+func Run(ctx context.Context, o Options) (*Results, error) {
+	start := time.Now()
+	p := paramsFor(o)
+	if o.WAN == "" {
+		o.WAN = "auto"
+	}
+	if o.WANDelay == 0 {
+		o.WANDelay = 20 * time.Millisecond
+	}
+	prog := o.Progress
+	if prog == nil {
+		prog = io.Discard
+	}
+	res := &Results{
+		Schema: 1, Time: start.UTC(), Mode: map[bool]string{true: "short", false: "full"}[o.Short], Runs: p.runs,
+		Commit: gitCommit(), Machine: machine(),
+		Params: ParamsJSON{
+			ThroughputSeconds: p.tpDur.Seconds(), ChunkBytes: chunkSize, EchoBytes: echoSize, EchoRoundTrips: p.echoN,
+			ConnWorkers: p.connWorkers, ConnSeconds: p.connDur.Seconds(), HeldConnections: p.held,
+		},
+	}
+	if _, err := os.Stat(o.Bin); err != nil {
+		return nil, fmt.Errorf("sitebridge binary: %w", err)
+	}
+	sp := newSpawner()
+	defer sp.close()
+
+	if !o.NoLoopback {
+		if err := loopback(ctx, o, p, sp, res, prog); err != nil {
+			return nil, err
+		}
+	}
+	res.Figures = append(res.Figures,
+		Figure{Key: "store_puts", Name: "site-store puts/s", Status: notBuilt},
+		Figure{Key: "store_gets", Name: "site-store gets/s", Status: notBuilt},
+		Figure{Key: "federation_rate", Name: "federation entries/s", Status: notBuilt},
+		Figure{Key: "federation_lag_p50", Name: "federation lag p50 (fixed rate)", Status: notBuilt},
+		Figure{Key: "federation_lag_p99", Name: "federation lag p99 (fixed rate)", Status: notBuilt},
+		Figure{Key: "replicate_all", Name: "replicate-all, 100,000 entries", Status: notBuilt},
+	)
+
+	switch {
+	case o.WAN == "off", o.WAN == "auto" && o.Short:
+	default:
+		w, err := wanProfile(ctx, o, p, sp, prog)
+		if err != nil && o.WAN == "on" {
+			return nil, err
+		}
+		res.WAN = w
+		if w.Status != "ok" && o.WAN == "on" {
+			return nil, errors.New("WAN profile: " + w.Status)
+		}
+	}
+	for _, f := range res.Figures {
+		if strings.HasPrefix(f.Status, "failed") {
+			res.Problems = append(res.Problems, f.Name+": "+f.Status)
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, ctx.Err()
+}
+
+// loopback runs the loopback figures.
+func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Results, prog io.Writer) error {
+	ip, err := lb.Pick()
+	if err != nil {
+		return err
+	}
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for range 3 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			return err
+		}
+		lns = append(lns, ln)
+	}
+	srv := startServers(lns[0], lns[1], lns[2])
+	defer srv.close()
+	direct := targets{sinkAddr: lns[0].Addr().String(), echoAddr: lns[1].Addr().String(), sourceAddr: lns[2].Addr().String()}
+
+	ports := make([]int, 12)
+	for i := range ports {
+		if ports[i], err = freePort(ip); err != nil {
+			return err
+		}
+	}
+	hp := func(port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
+	l := layout{
+		cloudHost: ip, tunnelPort: ports[0],
+		sinkAccept: hp(ports[1]), echoAccept: hp(ports[2]), sourceAccept: hp(ports[3]),
+		sinkTarget: direct.sinkAddr, echoTarget: direct.echoAddr, sourceTarget: direct.sourceAddr,
+		cloudAdmin: hp(ports[4]), onpremAdmin: hp(ports[5]),
+	}
+	dir, err := os.MkdirTemp("", "sitebridge-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	fmt.Fprintf(prog, "loopback: servers and instances on %s, files in %s\n", ip, dir)
+	d, err := deploy(sp, o.Bin, dir, l)
+	if err != nil {
+		return err
+	}
+	defer d.stop()
+	tunnel := targets{sinkAddr: l.sinkAccept, echoAddr: l.echoAccept, sourceAddr: l.sourceAccept}
+	t0 := time.Now()
+	if err := d.waitReady(ctx, tunnel.echo(), 20*time.Second); err != nil {
+		return err
+	}
+	fmt.Fprintf(prog, "tunnel up in %v\n", time.Since(t0).Round(time.Millisecond))
+
+	// The reference: two plain TCP relays in a chain, the same process and
+	// socket layout as the tunnel without its layers.
+	var relay *targets
+	if len(o.RelayArgv) > 0 {
+		hop1 := targets{sinkAddr: hp(ports[6]), echoAddr: hp(ports[7]), sourceAddr: hp(ports[8])}
+		hop2 := targets{sinkAddr: hp(ports[9]), echoAddr: hp(ports[10]), sourceAddr: hp(ports[11])}
+		var relays []*child
+		for i, pairs := range [][]string{
+			{hop2.sinkAddr + "=" + direct.sinkAddr, hop2.echoAddr + "=" + direct.echoAddr, hop2.sourceAddr + "=" + direct.sourceAddr},
+			{hop1.sinkAddr + "=" + hop2.sinkAddr, hop1.echoAddr + "=" + hop2.echoAddr, hop1.sourceAddr + "=" + hop2.sourceAddr},
+		} {
+			name := fmt.Sprintf("relay%d", 2-i)
+			c, err := startChild(sp, name, filepath.Join(dir, name+".log"), append(slices.Clone(o.RelayArgv), pairs...))
+			if err != nil {
+				return err
+			}
+			relays = append(relays, c)
+		}
+		defer func() {
+			for _, c := range relays {
+				c.stop()
+			}
+		}()
+		rd := &deployment{cloud: relays[1], onprem: relays[0]}
+		if err := rd.waitReady(ctx, hop1.echo(), 10*time.Second); err != nil {
+			return fmt.Errorf("reference relays: %w", err)
+		}
+		relay = &hop1
+	}
+
+	if o.want("memory") {
+		res.Figures = append(res.Figures, memoryFigures(ctx, d, tunnel, p, prog)...)
+	}
+	res.Figures = append(res.Figures, loadFigures(ctx, o, direct, tunnel, relay, p, p.tpDur, true, prog)...)
+	if err := d.exited(); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// targets are the addresses of one path (direct, a tunnel's accept ports,
+// or the reference relays) and how to dial them.
+type targets struct {
+	sinkAddr, echoAddr, sourceAddr string
+	dial                           func(addr string, local net.Addr) dialFunc // nil: plain TCP
+}
+
+func (t targets) dialer(addr string, local net.Addr) dialFunc {
+	if t.dial != nil {
+		return t.dial(addr, local)
+	}
+	return tcpDialer(addr, local)
+}
+
+func (t targets) sink() dialFunc   { return t.dialer(t.sinkAddr, nil) }
+func (t targets) echo() dialFunc   { return t.dialer(t.echoAddr, nil) }
+func (t targets) source() dialFunc { return t.dialer(t.sourceAddr, nil) }
+
+// memoryFigures measures resident memory idle and while holding p.held
+// connections.
+func memoryFigures(ctx context.Context, d *deployment, tun targets, p params, prog io.Writer) []Figure {
+	time.Sleep(time.Second) // let start-up garbage settle
+	idle := map[*child]int64{}
+	var figs []Figure
+	for _, c := range d.children() {
+		r, err := c.rssMedian(5, 100*time.Millisecond)
+		f := Figure{Key: "rss_idle_" + c.name, Name: "RSS idle, " + c.name, Unit: "MB", Target: "< 20 MB"}
+		if err != nil {
+			f.Status = "failed: " + err.Error()
+		} else {
+			idle[c] = r
+			f.set(nil, []float64{float64(r) / 1e6})
+			pass := r < 20e6
+			f.Pass = &pass
+		}
+		fmt.Fprintf(prog, "  %s: %.1f MB\n", f.Name, float64(r)/1e6)
+		figs = append(figs, f)
+	}
+	name := fmt.Sprintf("RSS per held conn (%d), ", p.held)
+	conns, err := hold(ctx, tun.echo(), p.held, 50)
+	if err != nil {
+		for _, c := range d.children() {
+			figs = append(figs, Figure{Key: "rss_per_conn_" + c.name, Name: name + c.name, Status: "failed: " + err.Error()})
+		}
+		return figs
+	}
+	time.Sleep(time.Second)
+	for _, c := range d.children() {
+		f := Figure{Key: "rss_per_conn_" + c.name, Name: name + c.name, Unit: "KiB", Target: "≤ 16 KiB"}
+		r, err := c.rssMedian(5, 100*time.Millisecond)
+		if err != nil || idle[c] == 0 {
+			f.Status = fmt.Sprintf("failed: %v", err)
+		} else {
+			per := float64(r-idle[c]) / float64(p.held) / 1024
+			f.set(nil, []float64{per})
+			pass := per <= 16
+			f.Pass = &pass
+			fmt.Fprintf(prog, "  %s: %.1f MB held, %.1f KiB per connection\n", c.name, float64(r)/1e6, per)
+		}
+		figs = append(figs, f)
+	}
+	closeAll(conns)
+	time.Sleep(500 * time.Millisecond) // let the instances see the closes
+	return figs
+}
+
+// loadFigures measures the load figures on both paths, alternating direct
+// and tunnel runs. With latency false (WAN), only throughput is measured.
+func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *targets, p params, tpDur time.Duration, all bool, prog io.Writer) []Figure {
+	type measure struct {
+		group, unit, target string
+		run                 func(t targets) ([]float64, error) // one run: one value per figure
+		keys                []string
+		names               []string
+	}
+	bps := func(v float64, err error) ([]float64, error) { return []float64{v / 1e6}, err }
+	ms := []measure{
+		{group: "throughput_1", keys: []string{"throughput_1"}, names: []string{"single-stream throughput"}, unit: "MB/s", target: "≥ 0.25",
+			run: func(t targets) ([]float64, error) { return bps(throughput(ctx, t.sink(), 1, tpDur, p.tpMax)) }},
+		{group: "throughput_1", keys: []string{"throughput_1_down"}, names: []string{"single-stream throughput, server to client"}, unit: "MB/s", target: "≥ 0.25",
+			run: func(t targets) ([]float64, error) { return bps(pull(ctx, t.source(), tpDur, p.tpMax)) }},
+		{group: "throughput_8", keys: []string{"throughput_8"}, names: []string{"8-stream throughput"}, unit: "MB/s", target: "≥ 0.35",
+			run: func(t targets) ([]float64, error) { return bps(throughput(ctx, t.sink(), 8, tpDur, p.tpMax/8)) }},
+	}
+	if all {
+		ms = append(ms,
+			measure{group: "echo", keys: []string{"echo_p50", "echo_p99"}, names: []string{"echo 64 B round trip p50", "echo 64 B round trip p99"}, unit: "µs",
+				run: func(t targets) ([]float64, error) {
+					s, err := echoRTT(ctx, t.echo(), p.echoWarm, p.echoN, p.echoMax)
+					if err != nil {
+						return nil, err
+					}
+					us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+					return []float64{us(percentile(s, 50)), us(percentile(s, 99))}, nil
+				}},
+			measure{group: "conns", keys: []string{"conns_per_s"}, names: []string{fmt.Sprintf("new conns/s (%d workers, 1 round trip each)", p.connWorkers)}, unit: "/s", target: "≥ 0.5",
+				run: func(t targets) ([]float64, error) {
+					// A fresh client address per run keeps TIME_WAIT of
+					// earlier runs out of the way.
+					ip, err := lb.Pick()
+					if err != nil {
+						return nil, err
+					}
+					dial := t.dialer(t.echoAddr, &net.TCPAddr{IP: net.ParseIP(ip)})
+					r, failed, err := connRate(ctx, dial, p.connWorkers, p.connDur, p.connMax)
+					if err == nil && failed > 0 {
+						fmt.Fprintf(prog, "    (%d connections failed)\n", failed)
+					}
+					return []float64{r}, err
+				}},
+		)
+	}
+	targetsFor := map[string]string{"echo_p50": "≤ 2×", "echo_p99": "≤ 1.8×"}
+
+	// A short warm-up of both paths: first runs pay for TLS record size
+	// ramp-up, window growth and cold caches.
+	throughput(ctx, direct.sink(), 1, 200*time.Millisecond, p.tpMax)
+	throughput(ctx, tun.sink(), 1, 200*time.Millisecond, p.tpMax)
+
+	var figs []Figure
+	for _, m := range ms {
+		if !o.want(m.group) {
+			continue
+		}
+		type path struct {
+			name string
+			t    targets
+			out  [][]float64
+		}
+		paths := []*path{{name: "direct", t: direct}, {name: "tunnel", t: tun}}
+		if relay != nil {
+			paths = append(paths, &path{name: "relay", t: *relay})
+		}
+		for _, pa := range paths {
+			pa.out = make([][]float64, len(m.keys))
+		}
+		var failure error
+		for r := range p.runs {
+			for _, pa := range paths {
+				if ctx.Err() != nil {
+					failure = ctx.Err()
+					break
+				}
+				v, err := m.run(pa.t)
+				if err != nil {
+					failure = fmt.Errorf("%s run %d: %w", pa.name, r+1, err)
+					fmt.Fprintf(prog, "  %s %s run %d: %v\n", m.names[0], pa.name, r+1, err)
+					continue
+				}
+				for i := range v {
+					pa.out[i] = append(pa.out[i], v[i])
+				}
+				fmt.Fprintf(prog, "  %-42s %-6s run %d/%d: %s\n", m.names[0], pa.name, r+1, p.runs, fmtVals(v, m.unit))
+			}
+		}
+		for i, key := range m.keys {
+			f := Figure{Key: key, Name: m.names[i], Unit: m.unit, Target: m.target}
+			if t, ok := targetsFor[key]; ok {
+				f.Target = t
+			}
+			if len(paths[0].out[i]) == 0 || len(paths[1].out[i]) == 0 {
+				f.Status = fmt.Sprintf("failed: %v", failure)
+			} else {
+				f.set(paths[0].out[i], paths[1].out[i])
+				f.check()
+				if len(paths) > 2 && len(paths[2].out[i]) > 0 {
+					f.RelayRuns = paths[2].out[i]
+					v := median(f.RelayRuns)
+					f.Relay = &v
+				}
+			}
+			figs = append(figs, f)
+		}
+	}
+	return figs
+}
+
+func fmtVals(v []float64, unit string) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmtNum(x)+" "+unit)
+	}
+	return strings.Join(s, ", ")
+}
+
+// set stores the runs and their medians.
+func (f *Figure) set(direct, tunnel []float64) {
+	f.DirectRuns, f.TunnelRuns = direct, tunnel
+	if len(tunnel) > 0 {
+		v := median(tunnel)
+		f.Tunnel = &v
+	}
+	if len(direct) > 0 {
+		v := median(direct)
+		f.Direct = &v
+		if f.Tunnel != nil && v != 0 {
+			r := *f.Tunnel / v
+			f.Ratio = &r
+		}
+	}
+}
+
+// check sets Pass from Target ("≥ x" or "≤ x×" on the ratio).
+func (f *Figure) check() {
+	if f.Ratio == nil || f.Target == "" {
+		return
+	}
+	var op string
+	var x float64
+	t := strings.TrimSuffix(f.Target, "×")
+	if _, err := fmt.Sscanf(t, "%s %g", &op, &x); err != nil {
+		return
+	}
+	var pass bool
+	switch op {
+	case "≥":
+		pass = *f.Ratio >= x
+	case "≤":
+		pass = *f.Ratio <= x
+	default:
+		return
+	}
+	f.Pass = &pass
+}
+
+// WriteTable prints the results as one table.
+func WriteTable(w io.Writer, r *Results) {
+	fmt.Fprintf(w, "sitebridge bench: %s mode, %d run(s) per figure, medians; %s, %d CPUs (%s), kernel %s, commit %s\n",
+		r.Mode, r.Runs, r.Machine.GoVersion, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Commit)
+	writeFigures(w, r.Figures)
+	if r.WAN != nil {
+		fmt.Fprintln(w)
+		if r.WAN.Status != "ok" {
+			fmt.Fprintf(w, "WAN profile: not run: %s\n", r.WAN.Status)
+		} else {
+			fmt.Fprintf(w, "WAN profile: %s each way (%s); measured direct round trip %.1f ms\n", r.WAN.Delay, r.WAN.DelayKind, r.WAN.RTTMillis)
+			if r.WAN.RTTMillis > 0 {
+				fmt.Fprintf(w, "yamux window %d KiB: one stream's ceiling is about window/2 per round trip = %.0f MB/s\n",
+					r.WAN.WindowSize>>10, float64(r.WAN.WindowSize)/2/(r.WAN.RTTMillis/1000)/1e6)
+			}
+			writeFigures(w, r.WAN.Figures)
+		}
+	}
+	fmt.Fprintf(w, "(%.0f s)\n", r.Seconds)
+}
+
+func writeFigures(w io.Writer, figs []Figure) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "figure\tdirect\ttunnel\tratio\ttarget\t\t2 TCP relays (ref.)\tratio\t")
+	for _, f := range figs {
+		if f.Status != "" {
+			fmt.Fprintf(tw, "%s\t%s\t\t\t%s\t\t\t\t\n", f.Name, f.Status, f.Target)
+			continue
+		}
+		dv, rv, mark := "—", "—", ""
+		if f.Direct != nil {
+			dv = fmtNum(*f.Direct) + " " + f.Unit
+		}
+		if f.Ratio != nil {
+			rv = fmt.Sprintf("%.2f", *f.Ratio)
+			if strings.HasSuffix(f.Target, "×") {
+				rv += "×"
+			}
+		}
+		if f.Pass != nil {
+			mark = map[bool]string{true: "ok", false: "MISSED"}[*f.Pass]
+		}
+		relay, relayRatio := "", ""
+		if f.Relay != nil {
+			relay = fmtNum(*f.Relay) + " " + f.Unit
+			if f.Direct != nil && *f.Direct != 0 {
+				relayRatio = fmt.Sprintf("%.2f", *f.Relay / *f.Direct)
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Name, dv, fmtNum(*f.Tunnel)+" "+f.Unit, rv, f.Target, mark, relay, relayRatio)
+	}
+	tw.Flush()
+}
+
+func fmtNum(v float64) string {
+	switch a := math.Abs(v); {
+	case a >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// WriteJSON writes the results to path.
+func WriteJSON(path string, r *Results) error {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b.Bytes(), 0o644)
+}
+
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				m.CPUModel = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func gitCommit() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	c := strings.TrimSpace(string(out))
+	if err := exec.Command("git", "diff", "--quiet", "HEAD").Run(); err != nil {
+		c += "+dirty"
+	}
+	return c
+}
+
+// Missed lists the figures whose target was missed (WAN figures included).
+func Missed(r *Results) []string {
+	var out []string
+	figs := r.Figures
+	if r.WAN != nil {
+		figs = append(append([]Figure(nil), figs...), r.WAN.Figures...)
+	}
+	for _, f := range figs {
+		if f.Pass != nil && !*f.Pass {
+			out = append(out, f.Name)
+		}
+	}
+	return out
+}

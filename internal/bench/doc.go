@@ -1,0 +1,75 @@
+// Package bench measures sitebridge against direct TCP on the same machine,
+// in the same run, and reports every figure as a ratio to that baseline
+// (issue 9). cmd/sitebridge-bench is its command line; `make bench` runs the
+// full mode and `make bench-short` the short one.
+//
+// # What runs
+//
+// The load generator and the target servers live in this process; the
+// gateway instances are child processes of the real sitebridge binary, so
+// the resident memory read from /proc/PID/status (VmRSS) is that of an
+// instance as an operator runs it. One run:
+//
+//  1. generates a CA and two instance certificates with package tlsgen in a
+//     temporary directory, writes one config per instance and checks each
+//     with `sitebridge run --check`;
+//  2. starts a sink (reads until EOF, then answers the byte count), an echo
+//     server (package internal/echo) and a source (writes for a requested
+//     time) on a random 127.x.y.z address;
+//  3. starts cloud1 (accepts the tunnel; accept ports "sink", "echo" and
+//     "source") and onprem1 (dials cloud1 over wss:// with mutual TLS 1.3;
+//     connects the three services to the servers above): a 1+1 deployment
+//     whose clients reach on-prem servers through the cloud instance;
+//  4. starts the reference: two plain TCP relays in a chain (see [Relay]),
+//     the process and socket layout of the tunnel without TLS, WebSocket
+//     and yamux, so the table shows how much of the cost is the layout
+//     itself;
+//  5. measures resident memory idle and while holding N forwarded
+//     connections (1,000), each having echoed once;
+//  6. measures each load figure on the direct path (client to server),
+//     through the tunnel (client to cloud1's accept port) and through the
+//     relays, alternating the paths run by run so that noise on a shared
+//     machine falls on all of them; it reports the median of the runs and
+//     the ratio of the medians (tunnel / direct).
+//
+// The figures:
+//
+//   - single-stream throughput: one connection writes 32 KiB chunks to the
+//     sink for a fixed time (1.5 s; short mode 0.5 s), half-closes, and
+//     waits for the sink's count; bytes over the time to that answer. This
+//     is the client-to-server direction: cloud1 writes the tunnel;
+//   - the same from server to client (the source writes; onprem1, the
+//     dialling end, writes the tunnel, with masked WebSocket frames);
+//   - 8-stream throughput: 8 connections to the sink at once, all bytes
+//     over the time until the last answer;
+//   - echo round trip: 64 bytes written and read back on one connection,
+//     10,000 times after 500 warm-up round trips (short: 2,000 after 200);
+//     p50 and p99;
+//   - new connections per second: 4 workers each connect, echo 64 bytes
+//     once and close, in a loop, for 1.5 s (short 0.5 s), from a fresh
+//     127.x.y.z client address per run;
+//   - resident memory of each instance idle (tunnel up, no connection, 1 s
+//     after start-up), and the growth per held connection while 1,000
+//     connections are held (1 s after the last opened; VmRSS, median of 5
+//     samples). Garbage not yet collected counts, as it does for an
+//     operator.
+//
+// Every loop is bounded in count and in time, every connection has a
+// deadline, the whole run has a time limit, and it stops by itself.
+// SIGINT or SIGTERM stops it early, with the same cleanup.
+//
+// # WAN profile
+//
+// With root and iproute2 (`ip`, `tc`), the throughput figures are measured
+// again (3 s per run) between two network namespaces that this process
+// creates and deletes (sbbench-PID-a, the cloud side, and sbbench-PID-b, the
+// on-prem side; addresses 10.231.0.1 and .2 exist only inside them, and
+// traffic flows only between them), with 20 ms of delay each way (40 ms
+// round trip). The delay comes from `tc netem` on a veth pair; when the
+// kernel has no netem qdisc, a delay line in this process forwards the
+// packets between two TUN devices instead (MTU 65000; the report says
+// which). The client and cloud1 sit in the first namespace, the servers
+// and onprem1 in the second, so the tunnel and the direct connection cross
+// the same delayed link. Namespaces left by a run that was killed are
+// removed by the next run.
+package bench

@@ -1,0 +1,150 @@
+package tunnel
+
+import (
+	"io"
+	"net"
+	"sync"
+
+	"github.com/hashicorp/yamux"
+)
+
+// closeWriter is a connection that can shut down its write side alone.
+// *net.TCPConn does; a yamux stream's Close is a half-close (it sends FIN
+// and keeps reading), which [halfClose] relies on.
+type closeWriter interface{ CloseWrite() error }
+
+func halfClose(c net.Conn) {
+	if cw, ok := c.(closeWriter); ok {
+		cw.CloseWrite()
+		return
+	}
+	c.Close()
+}
+
+// spliceChunk is the most a pipe reads at once: one yamux data frame of
+// this size plus its header is exactly one WebSocket message of maxWSWrite
+// bytes (see msgConn).
+const spliceChunk = maxWSWrite - yamuxHeaderLen
+
+// copyBufs holds the copy buffers of every pipe. A pipe holds one only
+// while bytes flow: an idle forwarded connection waits for input without a
+// buffer (see pipe), which keeps a held connection cheap.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, spliceChunk); return &b }}
+
+// Splice copies bytes both ways between a and b until both directions have
+// ended, preserving half-close: when one side stops sending, the other
+// side's write half is shut down and the opposite direction keeps flowing.
+// It closes both connections before it returns, and reports the bytes
+// copied from a to b and from b to a.
+func Splice(a, b net.Conn) (aToB, bToA int64) {
+	done := make(chan int64, 1)
+	go func() { done <- pipe(b, a) }()
+	bToA = pipe(a, b)
+	aToB = <-done
+	a.Close()
+	b.Close()
+	return aToB, bToA
+}
+
+// pipe copies src to dst, then half-closes dst. On a copy error (rather
+// than a clean end of input) it closes both, so the other direction ends
+// too instead of waiting forever.
+func pipe(dst, src net.Conn) int64 {
+	n, err := copyConn(dst, src)
+	if err != nil {
+		dst.Close()
+		src.Close()
+		return n
+	}
+	halfClose(dst)
+	return n
+}
+
+// source reads from one side of a pipe into a pooled buffer. read returns
+// the bytes in (*buf)[:n]; it takes a buffer from copyBufs when *buf is nil
+// and may return the buffer to the pool (leaving *buf nil) while it waits
+// for input. release reports whether the caller should return the buffer
+// after a read that did not fill it (the source was drained).
+type source interface {
+	read(buf **[]byte) (int, error)
+	releaseWhenDrained() bool
+}
+
+// copyConn copies src to dst until src ends (nil error) or fails.
+func copyConn(dst io.Writer, src net.Conn) (written int64, err error) {
+	s := sourceFor(src)
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			copyBufs.Put(buf)
+		}
+	}()
+	for {
+		n, rerr := s.read(&buf)
+		if n > 0 {
+			nw, werr := dst.Write((*buf)[:n])
+			written += int64(nw)
+			if werr != nil {
+				return written, werr
+			}
+			if nw != n {
+				return written, io.ErrShortWrite
+			}
+			if n < len(*buf) && s.releaseWhenDrained() {
+				copyBufs.Put(buf)
+				buf = nil
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+func sourceFor(c net.Conn) source {
+	if in, ok := c.(*Inbound); ok {
+		c = in.Conn
+	}
+	switch c := c.(type) {
+	case *yamux.Stream:
+		return streamSource{c}
+	case *net.TCPConn:
+		if s := rawSource(c); s != nil {
+			return s
+		}
+	}
+	return plainSource{c}
+}
+
+// streamSource reads a yamux stream. A zero-length Read of a yamux stream
+// blocks until data is buffered (or the stream ends) and consumes nothing,
+// so the pipe waits without holding a buffer (TestStreamZeroRead pins this
+// behaviour of the yamux version in go.mod).
+type streamSource struct{ st *yamux.Stream }
+
+func (s streamSource) read(buf **[]byte) (int, error) {
+	if *buf == nil {
+		if _, err := s.st.Read(nil); err != nil {
+			return 0, err
+		}
+		*buf = copyBufs.Get().(*[]byte)
+	}
+	return s.st.Read(**buf)
+}
+
+func (streamSource) releaseWhenDrained() bool { return true }
+
+// plainSource is any other connection: it holds its buffer while it waits.
+type plainSource struct{ r io.Reader }
+
+func (s plainSource) read(buf **[]byte) (int, error) {
+	if *buf == nil {
+		*buf = copyBufs.Get().(*[]byte)
+	}
+	return s.r.Read(**buf)
+}
+
+func (plainSource) releaseWhenDrained() bool { return false }

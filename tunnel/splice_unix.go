@@ -1,0 +1,60 @@
+//go:build unix
+
+package tunnel
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+)
+
+// fdSource reads a TCP connection through its raw descriptor: each read
+// takes a pooled buffer, and a read that finds no data (EAGAIN) gives the
+// buffer back before the goroutine parks in the poller. Net effect: the
+// same read system calls as net.Conn.Read, without holding a buffer while
+// the connection is idle. Deadlines and Close work as with Read.
+type fdSource struct{ rc syscall.RawConn }
+
+func rawSource(c *net.TCPConn) source {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return fdSource{rc}
+}
+
+func (s fdSource) read(buf **[]byte) (int, error) {
+	var n int
+	var rerr error
+	err := s.rc.Read(func(fd uintptr) bool {
+		if *buf == nil {
+			*buf = copyBufs.Get().(*[]byte)
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), **buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			copyBufs.Put(*buf)
+			*buf = nil
+			return false // wait until readable, then call again
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// releaseWhenDrained is false: read itself gives the buffer back when it
+// has to wait, at no extra system call.
+func (fdSource) releaseWhenDrained() bool { return false }
