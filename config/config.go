@@ -83,6 +83,7 @@ type Config struct {
 	Log      Log       `yaml:"log"`
 	Limits   Limits    `yaml:"limits"`
 	Cluster  Cluster   `yaml:"cluster"`
+	Store    Store     `yaml:"store"`
 }
 
 // Cluster joins this instance with the other instances of its site
@@ -247,6 +248,8 @@ func (c *Config) Clone() *Config {
 		d.Peers[i].URLs = slices.Clone(d.Peers[i].URLs)
 	}
 	d.Services = slices.Clone(c.Services)
+	d.Cluster.Join = slices.Clone(c.Cluster.Join)
+	d.Store = c.Store.clone()
 	return &d
 }
 

@@ -57,6 +57,17 @@ peers:
 			if c.TLS.CA != "/etc/sitebridge/tls/ca.crt" || c.TLS.Key != "/abs/cloud-0.key" {
 				t.Errorf("tls paths: %+v", c.TLS)
 			}
+			want := Store{
+				Partitions:     DefaultPartitions,
+				MaxValueSize:   DefaultMaxValueSize,
+				RequestTimeout: Duration(DefaultRequestTimeout),
+				JournalRetain:  DefaultJournalRetain,
+				Schemes:        []Scheme{{Name: DefaultScheme, BackupCount: new(DefaultBackupCount)}},
+				Caches:         []CacheMapping{{Pattern: "*", Scheme: DefaultScheme}},
+			}
+			if !reflect.DeepEqual(c.Store, want) {
+				t.Errorf("store defaults:\n%+v\nwant\n%+v", c.Store, want)
+			}
 		},
 	},
 	{
@@ -129,8 +140,40 @@ limits:
   max-message-size: 0x10000
   open-timeout: 30s
   idle-timeout: 1h
+store:
+  partitions: 1021
+  max-value-size: 4MiB
+  request-timeout: 30s
+  journal-retain: 0        # explicit zero: kept
+  scope: acme.prod_1
+  schemes:
+    - name: trades
+      backup-count: 0      # explicit zero: kept
+      expiry: 24h
+      federation: active-active
+    - name: ref-data
+      backup-count: 6
+  caches:
+    - pattern: "trades-*"
+      scheme: trades
+    - pattern: "*.ref"
+      scheme: ref-data
 `,
 		check: func(t *testing.T, c *Config) {
+			s := c.Store
+			if s.Partitions != 1021 || s.MaxValueSize != 4<<20 || s.RequestTimeout.D() != 30*time.Second ||
+				s.JournalRetain != 0 || s.Scope != "acme.prod_1" {
+				t.Errorf("store = %+v", s)
+			}
+			if got := []int{s.Schemes[0].Backups(), s.Schemes[1].Backups()}; !reflect.DeepEqual(got, []int{0, 6}) {
+				t.Errorf("backup counts = %v, want [0 6]", got)
+			}
+			if sc, ok := s.SchemeFor("trades-eu"); !ok || sc.Name != "trades" || sc.Expiry.D() != 24*time.Hour || sc.Federation != "active-active" {
+				t.Errorf("SchemeFor(trades-eu) = %+v, %v", sc, ok)
+			}
+			if sc, ok := s.SchemeFor("prices"); ok {
+				t.Errorf("SchemeFor(prices) = %+v, want no match", sc)
+			}
 			if c.Tunnel.Keepalive.D() != 10*time.Second || c.Tunnel.DeadAfter.D() != 30*time.Second {
 				t.Errorf("prod timing defaults: keepalive %v dead-after %v", c.Tunnel.Keepalive, c.Tunnel.DeadAfter)
 			}
@@ -159,6 +202,41 @@ peers:
 services:
 log: {}
 `,
+	},
+	{
+		name: "store-schemes-only",
+		yaml: `
+instance: cloud-0
+site: cloud
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+store:
+  max-value-size: 1536   # not a whole KiB: marshalled as bytes
+  request-timeout: 1m
+  schemes:
+    - name: trades       # backup-count left out: 1
+      federation: active-active
+    - name: sessions
+      backup-count: 2
+      expiry: 30m
+`,
+		check: func(t *testing.T, c *Config) {
+			s := c.Store
+			if s.MaxValueSize != 1536 || s.Partitions != DefaultPartitions || s.JournalRetain != DefaultJournalRetain {
+				t.Errorf("store = %+v", s)
+			}
+			// Caches left out: every name maps to the first scheme.
+			if want := []CacheMapping{{Pattern: "*", Scheme: "trades"}}; !reflect.DeepEqual(s.Caches, want) {
+				t.Errorf("caches = %+v, want %+v", s.Caches, want)
+			}
+			if s.Schemes[0].BackupCount == nil || s.Schemes[0].Backups() != 1 || s.Schemes[1].Backups() != 2 {
+				t.Errorf("schemes = %+v", s.Schemes)
+			}
+			if sc, ok := s.SchemeFor("anything"); !ok || sc.Name != "trades" {
+				t.Errorf("SchemeFor(anything) = %+v, %v", sc, ok)
+			}
+		},
 	},
 }
 
@@ -227,6 +305,129 @@ cluster:
 			`7: cluster.name: invalid cluster name "has space"`,
 			`8: cluster.bind: address 0.0.0.0:8443 conflicts with tunnel.listen (:8443)`,
 			`9: cluster.join[0]: invalid address "nohost"`,
+		},
+	},
+	{
+		name: "store",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: c}]
+store:
+  partitions: 8192
+  max-value-size: 65MiB
+  request-timeout: 0s
+  journal-retain: -1
+  scope: "has space"
+  schemes:
+    - name: trades
+      backup-count: 7
+      federation: Active_Active
+    - name: trades
+      backup-count: -1
+    - name: Bad
+      expiry: -1s
+  caches:
+    - pattern: "trades-*"
+      scheme: trade
+    - pattern: "trades-*"
+      scheme: trades
+    - pattern: "trades/*"
+      scheme: Bad
+    - scheme: nope
+    - pattern: "*"
+    - pattern: "x*"
+      scheme: trades
+`,
+		want: []string{
+			`7: store.partitions: must be from 1 to 8191, got 8192`,
+			`8: store.max-value-size: must be from 1KiB to 64MiB, got 65MiB`,
+			`9: store.request-timeout: must be greater than 0, got 0s`,
+			`10: store.journal-retain: must not be negative, got -1`,
+			`11: store.scope: invalid scope "has space"`,
+			`14: store.schemes[0].backup-count: must be from 0 to 6, got 7`,
+			`15: store.schemes[0].federation: invalid name "Active_Active"`,
+			`16: store.schemes[1].name: duplicate scheme name "trades" (also store.schemes[0])`,
+			`17: store.schemes[1].backup-count: must be from 0 to 6, got -1`,
+			`18: store.schemes[2].name: invalid name "Bad"`,
+			`19: store.schemes[2].expiry: invalid duration "-1s": must not be negative`,
+			`22: store.caches[0].scheme: unknown scheme "trade" (did you mean "trades"?)`,
+			`23: store.caches[1].pattern: duplicate pattern "trades-*" (also store.caches[0])`,
+			`25: store.caches[2].pattern: invalid pattern "trades/*"`,
+			`27: store.caches[3].pattern: is required`,
+			`27: store.caches[3].scheme: unknown scheme "nope" (defined: "trades", "Bad")`,
+			`28: store.caches[4].scheme: is required`,
+			`29: store.caches[5].pattern: pattern "x*" is never used: every name it matches matches store.caches[4] ("*") first`,
+		},
+	},
+	{
+		name: "store-types",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: c}]
+store:
+  partitions: many
+  max-value-size: 1MB
+  request-timeout: [1s]
+  scope: [a]
+  schemes:
+    - name: x
+      backup-count: one
+    - name: [y]
+    -
+  caches: "*"
+`,
+		want: []string{
+			`7: store.partitions: expected an integer, got "many"`,
+			`8: store.max-value-size: invalid byte size "1MB": use KiB, MiB or GiB`,
+			`9: store.request-timeout: expected a duration such as "5s", got a list`,
+			`10: store.scope: expected a string, got a list`,
+			`13: store.schemes[0].backup-count: expected an integer, got "one"`,
+			`14: store.schemes[1].name: expected a string, got a list`,
+			`15: store.schemes[2]: empty list item`,
+			`16: store.caches: expected a list, got "*"`,
+		},
+	},
+	{
+		// The default mapping "*" goes to the first scheme, which has no
+		// name: only the missing name is reported.
+		name: "store-unnamed-first-scheme",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: c}]
+store:
+  schemes:
+    - backup-count: 0
+    - name: trades
+`,
+		want: []string{
+			`8: store.schemes[0].name: is required`,
+		},
+	},
+	{
+		name: "store-explicit-zeros",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers: [{site: c}]
+store:
+  partitions: 0
+  max-value-size: 0
+  schemes: []
+  caches:
+    - pattern: "*"
+      scheme: trades
+`,
+		want: []string{
+			`7: store.partitions: must be from 1 to 8191, got 0`,
+			`8: store.max-value-size: must be from 1KiB to 64MiB, got 0`,
+			`12: store.caches[0].scheme: unknown scheme "trades" (defined: "default")`,
 		},
 	},
 	{
@@ -685,6 +886,12 @@ func TestExamples(t *testing.T) {
 			}
 			if c.TLS.Insecure || !filepath.IsAbs(c.TLS.CA) {
 				t.Errorf("tls = %+v", c.TLS)
+			}
+			if sc, ok := c.Store.SchemeFor("trades-eu"); !ok || sc.Name != "trades" || sc.Federation != "active-active" || sc.Backups() != 1 {
+				t.Errorf("SchemeFor(trades-eu) = %+v, %v", sc, ok)
+			}
+			if sc, ok := c.Store.SchemeFor("sessions"); !ok || sc.Name != DefaultScheme {
+				t.Errorf("SchemeFor(sessions) = %+v, %v", sc, ok)
 			}
 		})
 	}

@@ -208,9 +208,19 @@ func (d *decoder) typeError(n *yaml.Node, path, want string) {
 	d.failed[path] = true
 }
 
-var durationType = reflect.TypeFor[Duration]()
+var (
+	durationType = reflect.TypeFor[Duration]()
+	byteSizeType = reflect.TypeFor[ByteSize]()
+)
 
 func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	if v.Kind() == reflect.Pointer {
+		// An optional value such as *int: nil unless the key is set.
+		p := reflect.New(v.Type().Elem())
+		d.decode(n, p.Elem(), path)
+		v.Set(p)
+		return
+	}
 	at := n // position to report: where the value is written, even if it is an alias
 	n = resolveAlias(n)
 	if d.visits++; d.visits > maxVisits {
@@ -220,18 +230,18 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		return
 	}
-	if v.Type() == durationType {
-		if n.Kind != yaml.ScalarNode || isNull(n) {
-			d.typeError(at, path, `a duration such as "5s"`)
-			return
-		}
-		dur, err := parseDuration(n.Value)
-		if err != nil {
-			d.errorf(at, path, "%v", err)
-			d.failed[path] = true
-			return
-		}
-		v.SetInt(int64(dur))
+	switch v.Type() {
+	case durationType:
+		d.decodeInt64(at, n, v, path, `a duration such as "5s"`, func(s string) (int64, error) {
+			dur, err := parseDuration(s)
+			return int64(dur), err
+		})
+		return
+	case byteSizeType:
+		d.decodeInt64(at, n, v, path, `a byte size such as "1MiB"`, func(s string) (int64, error) {
+			size, err := parseByteSize(s)
+			return int64(size), err
+		})
 		return
 	}
 	switch v.Kind() {
@@ -278,6 +288,22 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	default:
 		panic("config: unsupported field type " + v.Type().String())
 	}
+}
+
+// decodeInt64 decodes a scalar written as a string, such as a duration,
+// into the int64-based v.
+func (d *decoder) decodeInt64(at, n *yaml.Node, v reflect.Value, path, want string, parse func(string) (int64, error)) {
+	if n.Kind != yaml.ScalarNode || isNull(n) {
+		d.typeError(at, path, want)
+		return
+	}
+	i, err := parse(n.Value)
+	if err != nil {
+		d.errorf(at, path, "%v", err)
+		d.failed[path] = true
+		return
+	}
+	v.SetInt(i)
 }
 
 func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {

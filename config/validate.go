@@ -74,6 +74,8 @@ func (c *Config) applyDefaults(isSet func(path string) bool) {
 	num("limits.max-message-size", &l.MaxMessageSize, DefaultMaxMessageSize)
 	dur("limits.open-timeout", &l.OpenTimeout, DefaultOpenTimeout)
 	num("limits.max-pending-per-port", &l.MaxPendingPerPort, DefaultMaxPendingPerPort)
+
+	c.Store.applyDefaults(isSet)
 }
 
 // Validate checks c, which should have its defaults set, and returns Errors
@@ -175,6 +177,7 @@ func (c *Config) validate() Errors {
 
 	c.validateCluster(&v)
 	c.validateListeners(&v)
+	c.validateStore(&v)
 	return v.errs
 }
 

@@ -110,6 +110,7 @@ type Kind uint8
 const (
 	KindService    Kind = 1 // a forwarded TCP connection
 	KindFederation Kind = 2 // federation journal batches (reserved)
+	KindStore      Kind = 3 // intra-site store requests (site members only)
 )
 
 // Stream header framing.

@@ -56,6 +56,10 @@ type Config struct {
 	// each member list the peer announces after the hello. It must not
 	// block for long.
 	OnMembers func(s *Session, members []string)
+	// Kinds lists the stream kinds handed to the handler besides
+	// KindService; streams of any other kind are refused with
+	// CodeUnsupportedKind.
+	Kinds []Kind
 }
 
 func (c Config) withDefaults() Config {
@@ -213,7 +217,13 @@ func (s *Session) Ping() (time.Duration, error) { return s.mux.Ping() }
 // for the peer's answer. On refusal it returns a *RefusedError. The context
 // bounds only the opening, not the life of the stream.
 func (s *Session) OpenService(ctx context.Context, tenant, service string) (net.Conn, error) {
-	hdr, err := AppendHeader(nil, Header{Kind: KindService, Tenant: tenant, Service: service})
+	return s.OpenStream(ctx, Header{Kind: KindService, Tenant: tenant, Service: service})
+}
+
+// OpenStream opens a stream with the given header and waits for the peer's
+// answer, like OpenService, for any stream kind.
+func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
+	hdr, err := AppendHeader(nil, h)
 	if err != nil {
 		return nil, err
 	}
@@ -334,7 +344,7 @@ func (s *Session) serveStream(ctx context.Context, st net.Conn, h Handler) {
 		return
 	}
 	st.SetReadDeadline(time.Time{})
-	if hdr.Kind != KindService {
+	if hdr.Kind != KindService && !slices.Contains(s.cfg.Kinds, hdr.Kind) {
 		s.refuse(st, CodeUnsupportedKind, fmt.Sprintf("stream kind %d is not served", hdr.Kind))
 		return
 	}
