@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/sitebridge/sitebridge/config"
+	"github.com/sitebridge/sitebridge/store"
 )
 
 // Status is what /api/v1/status reports.
@@ -231,12 +233,57 @@ func (s *Supervisor) adminServer() *http.Server {
 		}
 		writeJSON(w, http.StatusAccepted, map[string]string{"state": "starting"})
 	})))
+	mux.Handle("GET /api/v1/store", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		in := s.Current()
+		if in == nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "instance is stopped"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"instance": s.cfg.Instance, "schemes": in.store.Status()})
+	})))
+	mux.Handle("GET /api/v1/store/{scheme}/partitions/{part}/journal", s.requireToken(http.HandlerFunc(s.serveJournal)))
 	return &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		MaxHeaderBytes:    16 << 10,
+		// Cache requests may carry values of up to store.max-value-size and
+		// wait up to store.request-timeout for a failover inside the site.
+		ReadTimeout:    60 * time.Second,
+		WriteTimeout:   s.cfg.Store.RequestTimeout.D() + 30*time.Second,
+		MaxHeaderBytes: 16 << 10,
+	}
+}
+
+// serveJournal lists this member's journal of one partition:
+// ?from=SEQ&limit=N (default 1, 100; limit at most 10000).
+func (s *Supervisor) serveJournal(w http.ResponseWriter, r *http.Request) {
+	in := s.Current()
+	if in == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "instance is stopped"})
+		return
+	}
+	part, err := strconv.Atoi(r.PathValue("part"))
+	from, limit := uint64(1), 100
+	if v := r.URL.Query().Get("from"); v != "" && err == nil {
+		from, err = strconv.ParseUint(v, 10, 64)
+	}
+	if v := r.URL.Query().Get("limit"); v != "" && err == nil {
+		limit, err = strconv.Atoi(v)
+		if err == nil && (limit < 1 || limit > 10000) {
+			err = errors.New("limit must be 1-10000")
+		}
+	}
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return
+	}
+	entries, last, err := in.store.Journal(r.PathValue("scheme"), part, from, limit)
+	switch {
+	case errors.Is(err, store.ErrNotHeld):
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+	case err != nil:
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+	default:
+		writeJSON(w, http.StatusOK, map[string]any{"instance": s.cfg.Instance, "last_seq": last, "entries": entries})
 	}
 }
 

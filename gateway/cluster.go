@@ -188,7 +188,13 @@ func (in *Instance) relayServer(ctx context.Context) *http.Server {
 			s.Close()
 			return
 		}
-		s.Serve(ctx, in.serveRelayed)
+		s.Serve(ctx, func(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
+			if st.Header.Kind == tunnel.KindStore {
+				in.serveStore(ctx, s, st)
+				return
+			}
+			in.serveRelayed(ctx, s, st)
+		})
 	}
 	mux := http.NewServeMux()
 	mux.Handle(relayPath, ts)
@@ -209,6 +215,7 @@ func (in *Instance) relayServer(ctx context.Context) *http.Server {
 func (in *Instance) relayConfig() tunnel.Config {
 	c := in.tcfg
 	c.Members, c.OnMembers = nil, nil
+	c.Kinds = []tunnel.Kind{tunnel.KindStore}
 	c.Log = in.log.With("component", "relay")
 	return c
 }

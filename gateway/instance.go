@@ -21,6 +21,7 @@ import (
 
 	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/ha"
+	"github.com/sitebridge/sitebridge/store"
 	"github.com/sitebridge/sitebridge/tlsgen"
 	"github.com/sitebridge/sitebridge/tunnel"
 )
@@ -50,6 +51,8 @@ type Instance struct {
 	relayLn net.Listener
 	relays  relayPool
 	health  health
+	store   *store.Store // this instance's part of the site store
+	storeTr *storeTransport
 }
 
 // New prepares an instance from a validated config: it loads the TLS
@@ -113,6 +116,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Instance, error) {
 	if cfg.Accepting() {
 		in.tcfg.Members = in.memberURLs
 	}
+	st, err := in.newStore()
+	if err != nil {
+		return nil, err
+	}
+	in.store = st
 	return in, nil
 }
 
@@ -221,6 +229,7 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 		wg.Go(func() { in.cluster.Run(ctx) })
 		wg.Go(func() { in.clusterLoop(ctx) })
 	}
+	wg.Go(func() { in.store.Run(ctx) })
 	if ready != nil {
 		ready()
 	}
@@ -232,6 +241,7 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 	in.closeListeners()
 	in.peers.closeAll()
 	in.closeRelays()
+	in.storeTr.closeAll()
 	wg.Wait()
 	in.dials.wait()
 	in.conns.Wait()

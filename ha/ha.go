@@ -75,7 +75,14 @@ type Cluster struct {
 	meta    []byte
 	members map[string]Member // kept from memberlist's callbacks, which run under its lock
 	changed chan struct{}
+
+	joined     chan struct{} // closed once a well-known address answered (or none is configured)
+	joinedOnce sync.Once
 }
+
+// Joined is closed once this member has joined its cluster: a well-known
+// address answered, or none is configured.
+func (c *Cluster) Joined() <-chan struct{} { return c.joined }
 
 // Start binds the gossip listener and starts memberlist; [Cluster.Run]
 // then joins the well-known addresses.
@@ -83,7 +90,7 @@ func Start(cfg Config, meta Meta) (*Cluster, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Log, changed: make(chan struct{}), members: map[string]Member{}}
+	c := &Cluster{cfg: cfg, log: cfg.Log, changed: make(chan struct{}), members: map[string]Member{}, joined: make(chan struct{})}
 	if err := c.setMeta(meta); err != nil {
 		return nil, err
 	}
@@ -166,6 +173,7 @@ func (c *Cluster) Run(ctx context.Context) error {
 	if len(c.cfg.Join) > 0 {
 		c.join(ctx)
 	}
+	c.joinedOnce.Do(func() { close(c.joined) })
 	<-ctx.Done()
 	if err := c.ml.Leave(time.Second); err != nil {
 		c.log.Debug("cluster leave", "err", err)

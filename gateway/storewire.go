@@ -1,0 +1,276 @@
+package gateway
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sitebridge/sitebridge/ha"
+	"github.com/sitebridge/sitebridge/store"
+	"github.com/sitebridge/sitebridge/tunnel"
+)
+
+// The site store rides the intra-site relay sessions (mutual TLS, members
+// of this site only) on streams of kind KindStore. Each stream carries one
+// request at a time, framed as a 4-byte big-endian length and the bytes;
+// the answer comes back the same way. Callers keep idle streams per member
+// for reuse.
+
+// storeJoinWait bounds how long a member waits to join its site before it
+// makes a partition history of its own.
+const storeJoinWait = 10 * time.Second
+
+// storeStreamIdle closes a pooled or served store stream unused this long.
+const storeStreamIdle = 2 * time.Minute
+
+// newStore builds this instance's part of the site store.
+func (in *Instance) newStore() (*store.Store, error) {
+	sc := in.cfg.Store
+	in.storeTr = &storeTransport{in: in}
+	o := store.Options{
+		Self: in.cfg.Instance, Site: in.cfg.Site, Partitions: sc.Partitions,
+		MaxValueSize: int(sc.MaxValueSize), RequestTimeout: sc.RequestTimeout.D(), JournalRetain: sc.JournalRetain,
+		Membership: &storeMembership{in: in, ready: make(chan struct{})},
+		Transport:  in.storeTr,
+		Log:        in.log.With("component", "store"),
+	}
+	if o.JournalRetain == 0 {
+		o.JournalRetain = -1 // keep none beyond what the store needs
+	}
+	for _, s := range sc.Schemes {
+		o.Schemes = append(o.Schemes, store.Scheme{Name: s.Name, BackupCount: s.Backups(), Expiry: s.Expiry.D()})
+	}
+	for _, m := range sc.Caches {
+		o.Mappings = append(o.Mappings, store.Mapping{Pattern: m.Pattern, Scheme: m.Scheme})
+	}
+	return store.New(o)
+}
+
+// Store is this instance's site store.
+func (in *Instance) Store() *store.Store { return in.store }
+
+// storeMembership adapts the site cluster (or, without one, this instance
+// alone) to the store.
+type storeMembership struct {
+	in    *Instance
+	once  sync.Once
+	ready chan struct{}
+}
+
+func (m *storeMembership) Self() string { return m.in.cfg.Instance }
+
+func (m *storeMembership) Members() []string {
+	if m.in.cluster == nil {
+		return []string{m.in.cfg.Instance}
+	}
+	var out []string
+	for _, mem := range m.in.cluster.Members() {
+		out = append(out, mem.Name)
+	}
+	return out
+}
+
+func (m *storeMembership) Senior() string {
+	if m.in.cluster == nil {
+		return m.in.cfg.Instance
+	}
+	s, ok := m.in.cluster.Senior()
+	if !ok {
+		return ""
+	}
+	return s.Name
+}
+
+var never = make(chan struct{})
+
+func (m *storeMembership) Changed() <-chan struct{} {
+	if m.in.cluster == nil {
+		return never
+	}
+	return m.in.cluster.Changed()
+}
+
+// Ready is closed once the cluster is joined, or after storeJoinWait.
+func (m *storeMembership) Ready() <-chan struct{} {
+	m.once.Do(func() {
+		if m.in.cluster == nil {
+			close(m.ready)
+			return
+		}
+		go func() {
+			t := time.NewTimer(storeJoinWait)
+			defer t.Stop()
+			select {
+			case <-m.in.cluster.Joined():
+			case <-t.C:
+				m.in.log.Warn("store: no member of the site answered; starting a partition history alone", "waited", storeJoinWait)
+			}
+			close(m.ready)
+		}()
+	})
+	return m.ready
+}
+
+// storeTransport carries store requests to site members.
+type storeTransport struct {
+	in   *Instance
+	mu   sync.Mutex
+	idle map[*tunnel.Session][]net.Conn
+}
+
+var errNoMember = errors.New("not a live member of this site")
+
+func (t *storeTransport) member(name string) (ha.Member, error) {
+	if t.in.cluster != nil {
+		for _, m := range t.in.cluster.Members() {
+			if m.Name == name && m.Meta.Relay != "" {
+				return m, nil
+			}
+		}
+	}
+	return ha.Member{}, fmt.Errorf("store: %s: %w", name, errNoMember)
+}
+
+func (t *storeTransport) Call(ctx context.Context, name string, req []byte) ([]byte, error) {
+	m, err := t.member(name)
+	if err != nil {
+		return nil, err
+	}
+	s, err := t.in.relaySession(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	st, err := t.stream(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
+	out, err := storeRoundTrip(st, req, t.in.storeFrameLimit())
+	if !stop() || err != nil {
+		st.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("store request to %s: %w", name, err)
+	}
+	t.put(s, st)
+	return out, nil
+}
+
+func (t *storeTransport) stream(ctx context.Context, s *tunnel.Session) (net.Conn, error) {
+	t.mu.Lock()
+	if l := t.idle[s]; len(l) > 0 {
+		st := l[len(l)-1]
+		t.idle[s] = l[:len(l)-1]
+		t.mu.Unlock()
+		return st, nil
+	}
+	// Forget streams of sessions that ended.
+	for old := range t.idle {
+		select {
+		case <-old.Done():
+			for _, c := range t.idle[old] {
+				c.Close()
+			}
+			delete(t.idle, old)
+		default:
+		}
+	}
+	t.mu.Unlock()
+	return s.OpenStream(ctx, tunnel.Header{Kind: tunnel.KindStore, Tenant: t.in.cfg.Tenant, Service: "store"})
+}
+
+func (t *storeTransport) put(s *tunnel.Session, st net.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.idle == nil {
+		t.idle = map[*tunnel.Session][]net.Conn{}
+	}
+	if len(t.idle[s]) >= 64 {
+		st.Close()
+		return
+	}
+	t.idle[s] = append(t.idle[s], st)
+}
+
+func (t *storeTransport) closeAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, l := range t.idle {
+		for _, c := range l {
+			c.Close()
+		}
+	}
+	t.idle = nil
+}
+
+// storeFrameLimit is the largest store message accepted: room for a value
+// of the largest allowed size plus a snapshot chunk.
+func (in *Instance) storeFrameLimit() int {
+	return 2*int(in.cfg.Store.MaxValueSize) + 8<<20
+}
+
+func storeRoundTrip(st net.Conn, req []byte, limit int) ([]byte, error) {
+	if err := writeStoreFrame(st, req); err != nil {
+		return nil, err
+	}
+	return readStoreFrame(st, limit)
+}
+
+func writeStoreFrame(w io.Writer, b []byte) error {
+	buf := make([]byte, 4, 4+len(b))
+	binary.BigEndian.PutUint32(buf, uint32(len(b)))
+	_, err := w.Write(append(buf, b...))
+	return err
+}
+
+var errStoreFrameTooLarge = errors.New("store frame too large")
+
+func readStoreFrame(r io.Reader, limit int) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if int64(n) > int64(limit) {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", errStoreFrameTooLarge, n, limit)
+	}
+	b := make([]byte, n)
+	_, err := io.ReadFull(r, b)
+	return b, err
+}
+
+// serveStore answers store requests on a stream a site member opened.
+func (in *Instance) serveStore(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
+	if in.store == nil {
+		st.Refuse(tunnel.CodeUnsupportedKind, "this instance runs no store")
+		return
+	}
+	if err := st.Accept(); err != nil {
+		st.Close()
+		return
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	limit := in.storeFrameLimit()
+	for {
+		st.SetReadDeadline(time.Now().Add(storeStreamIdle))
+		req, err := readStoreFrame(st, limit)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				in.log.Warn("store stream closed", "member", s.Remote().Instance, "reason", err.Error())
+			}
+			return
+		}
+		st.SetReadDeadline(time.Time{})
+		if err := writeStoreFrame(st, in.store.Serve(ctx, req)); err != nil {
+			return
+		}
+	}
+}
