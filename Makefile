@@ -12,7 +12,10 @@ FUZZ_TARGETS = \
 	./tunnel:FuzzDecodeHello \
 	./tunnel:FuzzReadFrame \
 	./config:FuzzParse \
-	./tlsgen:FuzzParseIdentity
+	./tlsgen:FuzzParseIdentity \
+	./cacheapi:FuzzParsePath \
+	./store:FuzzDecodeRequest \
+	./store:FuzzDecodeResponse
 
 .PHONY: all build demo test vet unit fuzz clean
 

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sitebridge/sitebridge/cacheapi"
 	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/store"
 )
@@ -233,6 +234,11 @@ func (s *Supervisor) adminServer() *http.Server {
 		}
 		writeJSON(w, http.StatusAccepted, map[string]string{"state": "starting"})
 	})))
+	caches := s.requireToken(cacheapi.Handler(supervisedCache{s}, cacheapi.Options{
+		DefaultScope: s.cfg.Store.Scope, Log: s.log.With("component", "cache-api"), Timeout: s.cfg.Store.RequestTimeout.D(),
+	}))
+	mux.Handle(cacheapi.Prefix, caches)
+	mux.Handle(cacheapi.Prefix+"/", caches)
 	mux.Handle("GET /api/v1/store", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		in := s.Current()
 		if in == nil {
@@ -252,6 +258,67 @@ func (s *Supervisor) adminServer() *http.Server {
 		MaxHeaderBytes: 16 << 10,
 	}
 }
+
+// supervisedCache is the cache API of whichever instance runs now; while
+// the instance is stopped, requests fail with store.ErrStopped (503).
+type supervisedCache struct{ s *Supervisor }
+
+func (c supervisedCache) cache() (store.Cache, error) {
+	if in := c.s.Current(); in != nil {
+		return in.store, nil
+	}
+	return nil, store.ErrStopped
+}
+
+func (c supervisedCache) Put(ctx context.Context, scope, cache, key string, value []byte, ttl time.Duration) error {
+	st, err := c.cache()
+	if err != nil {
+		return err
+	}
+	return st.Put(ctx, scope, cache, key, value, ttl)
+}
+
+func (c supervisedCache) Get(ctx context.Context, scope, cache, key string) (store.Entry, bool, error) {
+	st, err := c.cache()
+	if err != nil {
+		return store.Entry{}, false, err
+	}
+	return st.Get(ctx, scope, cache, key)
+}
+
+func (c supervisedCache) Delete(ctx context.Context, scope, cache, key string) (bool, error) {
+	st, err := c.cache()
+	if err != nil {
+		return false, err
+	}
+	return st.Delete(ctx, scope, cache, key)
+}
+
+func (c supervisedCache) Clear(ctx context.Context, scope, cache string) error {
+	st, err := c.cache()
+	if err != nil {
+		return err
+	}
+	return st.Clear(ctx, scope, cache)
+}
+
+func (c supervisedCache) Caches(ctx context.Context, scope string) ([]store.CacheInfo, error) {
+	st, err := c.cache()
+	if err != nil {
+		return nil, err
+	}
+	return st.Caches(ctx, scope)
+}
+
+func (c supervisedCache) Keys(ctx context.Context, scope, cache, prefix, cursor string, limit int) (store.Page, error) {
+	st, err := c.cache()
+	if err != nil {
+		return store.Page{}, err
+	}
+	return st.Keys(ctx, scope, cache, prefix, cursor, limit)
+}
+
+func (c supervisedCache) MaxValueSize() int { return int(c.s.cfg.Store.MaxValueSize) }
 
 // serveJournal lists this member's journal of one partition:
 // ?from=SEQ&limit=N (default 1, 100; limit at most 10000).

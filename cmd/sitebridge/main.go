@@ -44,6 +44,7 @@ Usage:
   sitebridge run --config FILE [--check]
   sitebridge tlsgen --out DIR [--spec FILE] [--instance [TENANT:]SITE/NAME[=SAN,...]]... [--force]
   sitebridge status [--admin HOST:PORT] [--token T] [-o text|json]
+  sitebridge cache put|get|del|clear|ls ... [--admin HOST:PORT] [--token T] [--scope S]
   sitebridge echo --listen ADDR
   sitebridge version
 
@@ -91,6 +92,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdDrill(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
+	case "cache":
+		return cmdCache(ctx, rest, os.Stdin, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sitebridge", version())
 		return nil
