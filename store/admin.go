@@ -13,7 +13,7 @@ type ServiceStatus struct {
 	Backups    int              `json:"backup_count"`
 	Lineage    string           `json:"lineage,omitempty"`
 	Epoch      Epoch            `json:"table_epoch"`
-	Settled    bool             `json:"settled"` // every partition at its target owners, all synced
+	Settled    bool             `json:"settled"`   // every partition at its target owners, all synced
 	Primaries  map[string]int   `json:"primaries"` // member -> partitions it is primary of
 	Partitions []PartitionState `json:"partitions"`
 }

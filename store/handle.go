@@ -252,4 +252,3 @@ func (s *service) journalLocal(r *req) *resp {
 	}
 	return a
 }
-
