@@ -278,6 +278,12 @@ func (o Options) printHelp(dir string, insts []Instance) {
 		flags += fmt.Sprintf(" --port-offset %d", o.PortOffset)
 	}
 	fmt.Fprintf(o.Out, `
+  Site store (each site's instances hold their caches together, with backups):
+    sitebridge cache put --admin %[1]s trades t1 hello     # via cloud1
+    sitebridge cache get --admin %[2]s trades t1           # via cloud2: hello
+    sitebridge cache ls --admin %[2]s
+`, net.JoinHostPort(o.Host, strconv.Itoa(insts[0].AdminPort)), net.JoinHostPort(o.Host, strconv.Itoa(insts[1].AdminPort)))
+	fmt.Fprintf(o.Out, `
   Failover drill, by hand or all at once (in another terminal):
     sitebridge demo stop cloud1%[1]s     then nc to the other ports; 'demo start cloud1%[1]s' brings it back
     sitebridge drill%[1]s                stops each instance in turn and probes every path

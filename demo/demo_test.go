@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sitebridge/sitebridge/cacheclient"
 	"github.com/sitebridge/sitebridge/drill"
 	"github.com/sitebridge/sitebridge/internal/loopback"
 )
@@ -44,6 +45,7 @@ func TestDemoForwardsAllFourPorts(t *testing.T) {
 		t.Fatalf("instructions do not say what to type:\n%s", out.String())
 	}
 	forwardsAll(t, host, insts)
+	storesPerSite(t, host, insts)
 
 	// The failover drill through the admin API: stop each instance in turn,
 	// every other port keeps echoing, the stopped one comes back.
@@ -64,6 +66,35 @@ func TestDemoForwardsAllFourPorts(t *testing.T) {
 		t.Fatalf("drill made %d rows, want 16", len(rows))
 	}
 	forwardsAll(t, host, insts)
+	storesPerSite(t, host, insts)
+}
+
+// storesPerSite: a put through one instance of a site is read through the
+// other; the other site's store does not have it (no federation yet).
+func storesPerSite(t *testing.T, host string, insts []Instance) {
+	t.Helper()
+	client := func(i int) *cacheclient.Client {
+		return cacheclient.New(net.JoinHostPort(host, strconv.Itoa(insts[i].AdminPort)))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, pair := range [][2]int{{0, 1}, {3, 2}} {
+		key := "k-" + insts[pair[0]].Name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+		if err := client(pair[0]).Put(ctx, "trades", key, []byte(key), 0); err != nil {
+			t.Fatalf("put via %s: %v", insts[pair[0]].Name, err)
+		}
+		v, ok, err := client(pair[1]).Get(ctx, "trades", key)
+		if err != nil || !ok || string(v) != key {
+			t.Fatalf("get via %s: %q %v %v", insts[pair[1]].Name, v, ok, err)
+		}
+		other := 2
+		if pair[0] >= 2 {
+			other = 0
+		}
+		if _, ok, err := client(other).Get(ctx, "trades", key); err != nil || ok {
+			t.Fatalf("the other site's store (%s) answered %v %v for %s", insts[other].Name, ok, err, key)
+		}
+	}
 }
 
 func forwardsAll(t *testing.T, host string, insts []Instance) {
