@@ -84,6 +84,9 @@ type Config struct {
 	Limits   Limits    `yaml:"limits"`
 	Cluster  Cluster   `yaml:"cluster"`
 	Store    Store     `yaml:"store"`
+	// Federation ships the store's caches to other sites. Optional: without
+	// topologies there is no federation.
+	Federation Federation `yaml:"federation"`
 }
 
 // Cluster joins this instance with the other instances of its site
@@ -250,6 +253,7 @@ func (c *Config) Clone() *Config {
 	d.Services = slices.Clone(c.Services)
 	d.Cluster.Join = slices.Clone(c.Cluster.Join)
 	d.Store = c.Store.clone()
+	d.Federation = c.Federation.clone()
 	return &d
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +24,17 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // working directory.
 const testFile = "/etc/sitebridge/sitebridge.yaml"
 
-// validConfigs each produce testdata/<name>.golden.
-var validConfigs = []struct {
+// validConfig is a good config; it produces testdata/<name>.golden.
+type validConfig struct {
 	name string
 	yaml string
 	// check makes extra assertions on the parsed config.
 	check func(t *testing.T, c *Config)
-}{
+}
+
+// validConfigs are checked by TestParseValid, together with
+// fedValidConfigs.
+var validConfigs = []validConfig{
 	{
 		name: "accepting-minimal",
 		yaml: `
@@ -158,6 +163,27 @@ store:
       scheme: trades
     - pattern: "*.ref"
       scheme: ref-data
+federation:
+  participants:
+    - site: onprem-a
+      initial-action: pause
+    - site: onprem-b
+      initial-action: start-with-no-backlog
+  topologies:
+    - name: active-active
+      type: active-active
+      sites: [cloud, onprem-a, onprem-b]
+    - name: to-onprem
+      type: hub-and-spoke
+      hub: cloud
+      spokes: [onprem-a, onprem-b]
+  journal:
+    limit: 1GiB
+    policy: error
+    block-wait: 0s
+    auto-replicate-all: false
+  batch-size: 1_000
+  send-interval: 10ms
 `,
 		check: func(t *testing.T, c *Config) {
 			s := c.Store
@@ -182,6 +208,14 @@ store:
 			}
 			if c.Limits.MaxStreamsPerTunnel != 1000 || c.Limits.MaxMessageSize != 65536 {
 				t.Errorf("limits: %+v", c.Limits)
+			}
+			f := c.Federation
+			if f.Journal.Limit != 1<<30 || f.Journal.Policy != PolicyError || f.Journal.AutoReplicate() ||
+				f.BatchSize != 1000 || f.SendInterval.D() != 10*time.Millisecond {
+				t.Errorf("federation = %+v", f)
+			}
+			if p, ok := f.Participant("onprem-b"); !ok || p.InitialAction != InitialNoBacklog {
+				t.Errorf("Participant(onprem-b) = %+v, %v", p, ok)
 			}
 		},
 	},
@@ -220,6 +254,9 @@ store:
     - name: sessions
       backup-count: 2
       expiry: 30m
+federation:
+  participants: [{site: onprem}]
+  topologies: [{name: active-active, type: active-active, sites: [onprem, cloud]}]
 `,
 		check: func(t *testing.T, c *Config) {
 			s := c.Store
@@ -241,7 +278,7 @@ store:
 }
 
 func TestParseValid(t *testing.T) {
-	for _, tc := range validConfigs {
+	for _, tc := range slices.Concat(validConfigs, fedValidConfigs) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse(testFile, []byte(tc.yaml))
 			if err != nil {
@@ -281,13 +318,17 @@ func TestParseValid(t *testing.T) {
 	}
 }
 
-// invalidConfigs list, for each bad config, every expected error as
+// invalidConfig is a bad config with every expected error as
 // "line: path: message substring", in the order reported.
-var invalidConfigs = []struct {
+type invalidConfig struct {
 	name string
 	yaml string
 	want []string
-}{
+}
+
+// invalidConfigs are checked by TestParseInvalid, together with
+// fedInvalidConfigs.
+var invalidConfigs = []invalidConfig{
 	{
 		name: "cluster",
 		yaml: `instance: cloud1
@@ -749,7 +790,7 @@ peers:
 }
 
 func TestParseInvalid(t *testing.T) {
-	for _, tc := range invalidConfigs {
+	for _, tc := range slices.Concat(invalidConfigs, fedInvalidConfigs) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse("bad.yaml", []byte(tc.yaml))
 			if err == nil {
@@ -892,6 +933,23 @@ func TestExamples(t *testing.T) {
 			}
 			if sc, ok := c.Store.SchemeFor("sessions"); !ok || sc.Name != DefaultScheme {
 				t.Errorf("SchemeFor(sessions) = %+v, %v", sc, ok)
+			}
+			other := map[bool]string{true: "onprem", false: "cloud"}[cloud]
+			if p, ok := c.Federation.Participant(other); len(c.Federation.Participants) != 1 || !ok || p.InitialAction != InitialStart {
+				t.Errorf("participants = %+v", c.Federation.Participants)
+			}
+			wantFrom := []Edge{{From: c.Site, To: other}}
+			wantTo := []Edge{{From: other, To: c.Site}}
+			if got := c.FedEdgesFrom("active-active"); !reflect.DeepEqual(got, wantFrom) {
+				t.Errorf("FedEdgesFrom = %+v, want %+v", got, wantFrom)
+			}
+			if got := c.FedEdgesTo("active-active"); !reflect.DeepEqual(got, wantTo) {
+				t.Errorf("FedEdgesTo = %+v, want %+v", got, wantTo)
+			}
+			j := c.Federation.Journal
+			if j.Limit != DefaultJournalLimit || j.Policy != PolicyBlock || j.BlockWait != 0 || !j.AutoReplicate() ||
+				c.Federation.BatchSize != DefaultBatchSize || c.Federation.SendInterval.D() != DefaultSendInterval {
+				t.Errorf("federation = %+v", c.Federation)
 			}
 		})
 	}

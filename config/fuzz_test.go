@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -11,10 +12,10 @@ import (
 // survives Marshal and Parse unchanged, and that every error it reports
 // has a line (except for an empty file).
 func FuzzParse(f *testing.F) {
-	for _, tc := range validConfigs {
+	for _, tc := range slices.Concat(validConfigs, fedValidConfigs) {
 		f.Add([]byte(tc.yaml))
 	}
-	for _, tc := range invalidConfigs {
+	for _, tc := range slices.Concat(invalidConfigs, fedInvalidConfigs) {
 		f.Add([]byte(tc.yaml))
 	}
 	for _, name := range []string{"example-cloud.yaml", "example-onprem.yaml"} {

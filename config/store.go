@@ -71,7 +71,7 @@ type Scheme struct {
 	// means they never expire.
 	Expiry Duration `yaml:"expiry"`
 	// Federation names the federation topology that ships these caches to
-	// other sites. Optional; same rule as instance names.
+	// other sites: an entry of [Federation.Topologies]. Optional.
 	Federation string `yaml:"federation"`
 }
 

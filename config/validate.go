@@ -76,6 +76,7 @@ func (c *Config) applyDefaults(isSet func(path string) bool) {
 	num("limits.max-pending-per-port", &l.MaxPendingPerPort, DefaultMaxPendingPerPort)
 
 	c.Store.applyDefaults(isSet)
+	c.Federation.applyDefaults(isSet)
 }
 
 // Validate checks c, which should have its defaults set, and returns Errors
@@ -178,6 +179,7 @@ func (c *Config) validate() Errors {
 	c.validateCluster(&v)
 	c.validateListeners(&v)
 	c.validateStore(&v)
+	c.validateFederation(&v)
 	return v.errs
 }
 

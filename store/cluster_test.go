@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,8 @@ import (
 // transport between them that fails for dead members.
 type memCluster struct {
 	t       testing.TB
+	site    string
+	fed     *memFed // the other sites, for federation
 	mu      sync.Mutex
 	members map[string]*memMember
 	changed chan struct{}
@@ -46,11 +49,17 @@ func (c *memCluster) notify() {
 func (c *memCluster) start(name string) *Store {
 	c.t.Helper()
 	o := c.opts
-	o.Self, o.Site = name, "site"
+	o.Self, o.Site = name, c.site
+	if o.Site == "" {
+		o.Site = "site"
+	}
+	if c.fed != nil {
+		o.Fed.Transport = &memFedTransport{f: c.fed, from: o.Site}
+	}
 	o.Membership = &memView{c: c, self: name}
 	o.Transport = &memTransport{c: c, self: name}
 	if os.Getenv("STORE_DEBUG") != "" {
-		o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("member", name)
+		o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("member", name, "site", o.Site)
 	}
 	st, err := New(o)
 	if err != nil {
@@ -203,4 +212,42 @@ func (c *memCluster) waitSettled(t testing.TB, within time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("store did not settle within %v", within)
+}
+
+// memFed connects in-process sites for federation; cut stops all traffic.
+type memFed struct {
+	mu    sync.Mutex
+	sites map[string]*memCluster
+	cut   bool
+	calls int
+}
+
+type memFedTransport struct {
+	f    *memFed
+	from string
+}
+
+func (t *memFedTransport) Ship(ctx context.Context, site string, b []byte) ([]byte, error) {
+	t.f.mu.Lock()
+	c := t.f.sites[site]
+	cut := t.f.cut
+	t.f.calls++
+	n := t.f.calls
+	t.f.mu.Unlock()
+	if c == nil || cut {
+		return nil, fmt.Errorf("no tunnel to %s", site)
+	}
+	c.mu.Lock()
+	var up []*memMember
+	for _, m := range c.members {
+		if m.up {
+			up = append(up, m)
+		}
+	}
+	c.mu.Unlock()
+	if len(up) == 0 {
+		return nil, fmt.Errorf("no live instance of %s", site)
+	}
+	slices.SortFunc(up, func(a, b *memMember) int { return strings.Compare(a.name, b.name) })
+	return up[n%len(up)].store.ServeFed(ctx, t.from, slices.Clone(b)), nil
 }

@@ -18,6 +18,11 @@ const (
 // and waits for their commit: numbered, held by every backup, applied
 // here. An empty ops list only syncs the backups.
 func (s *service) submit(ctx context.Context, part int, ops []jentry) ([]bool, error) {
+	if len(ops) > 0 && ops[0].FedFrom == "" {
+		if err := s.admit(ctx); err != nil {
+			return nil, err
+		}
+	}
 	w := &pending{ops: ops, done: make(chan struct{})}
 	s.pmu[part].Lock()
 	p := s.parts[part]
@@ -32,7 +37,12 @@ func (s *service) submit(ctx context.Context, part int, ops []jentry) ([]bool, e
 	p.queue = append(p.queue, w)
 	if !p.committing {
 		p.committing = true
-		s.wg.Go(func() { s.commitLoop(part) })
+		if !s.spawn(func() { s.commitLoop(part) }) {
+			p.committing = false
+			p.queue = p.queue[:len(p.queue)-1]
+			s.pmu[part].Unlock()
+			return nil, ErrStopped
+		}
 	}
 	s.pmu[part].Unlock()
 	select {
@@ -63,11 +73,32 @@ func (s *service) commitLoop(part int) {
 		// Existence is judged against the data plus the batch's own earlier
 		// changes.
 		overlay := map[[2]string]bool{}
+		overVer := map[[2]string]Version{} // versions written by the batch so far
 		isLive := func(cache, key string) bool {
 			if v, ok := overlay[[2]string{cache, key}]; ok {
 				return v
 			}
 			return p.existed(cache, key, now)
+		}
+		verOf := func(cache, key string) Version {
+			if v, ok := overVer[[2]string{cache, key}]; ok {
+				return v
+			}
+			cv := p.clearVer(cache)
+			if v := p.get(cache, key); v != nil && v.ver.Compare(cv) > 0 {
+				return v.ver
+			}
+			return cv
+		}
+		fedSeq := map[string]uint64{} // positions in senders' journals, batch included
+		fedAt := func(site string) uint64 {
+			if v, ok := fedSeq[site]; ok {
+				return v
+			}
+			if f := p.fed[site]; f != nil {
+				return f.Seq
+			}
+			return 0
 		}
 		seq := p.lastSeq
 		for len(p.queue) > 0 && len(entries) < maxBatchOps && size < maxBatchBytes {
@@ -77,18 +108,41 @@ func (s *service) commitLoop(part int) {
 			w.existed = make([]bool, len(w.ops))
 			for i := range w.ops {
 				j := w.ops[i]
+				if j.FedFrom != "" {
+					// A change from another site: skipped when already
+					// applied (a resend), marked duplicate or superseded when its version is
+					// here already; it keeps its version.
+					if j.Op != opFedMark && j.FedSeq != 0 && j.FedSeq <= fedAt(j.FedFrom) {
+						continue
+					}
+					if j.Op == opPut || j.Op == opDelete {
+						switch verOf(j.Cache, j.Key).Compare(j.Ver) {
+						case 0:
+							j.Fate = fateDuplicate
+						case 1:
+							j.Fate = fateSuperseded
+						}
+					}
+					if j.FedSeq > fedAt(j.FedFrom) {
+						fedSeq[j.FedFrom] = j.FedSeq
+					}
+					s.clock.Observe(j.Ver)
+				}
 				seq++
 				j.Seq, j.Epoch = seq, p.epoch
 				if j.Ver.IsZero() {
 					j.Ver = s.clock.Next()
 				}
 				w.existed[i] = isLive(j.Cache, j.Key)
-				switch j.Op {
-				case opPut:
+				switch {
+				case j.Fate != fateApplied || j.Op == opFedMark:
+				case j.Op == opPut:
 					overlay[[2]string{j.Cache, j.Key}] = true
-				case opDelete:
+					overVer[[2]string{j.Cache, j.Key}] = j.Ver
+				case j.Op == opDelete:
 					overlay[[2]string{j.Cache, j.Key}] = false
-				case opClear:
+					overVer[[2]string{j.Cache, j.Key}] = j.Ver
+				case j.Op == opClear:
 					for k := range overlay {
 						if k[0] == j.Cache {
 							overlay[k] = false
@@ -113,12 +167,12 @@ func (s *service) commitLoop(part int) {
 			for i := range entries {
 				p.apply(&entries[i])
 			}
-			if s.retain >= 0 && p.purgeable() {
-				p.purge(s.retain)
-			}
-			if err != nil {
+			if err == nil {
+				p.committed = p.lastSeq
+			} else {
 				p.synced = map[string]bool{}
 			}
+			p.purge(s.keep(), p.purgeTo)
 		}
 		s.pmu[part].Unlock()
 		for _, w := range batch {
@@ -135,10 +189,6 @@ func entries0(e []jentry, def uint64) uint64 {
 	}
 	return e[0].Seq
 }
-
-// purgeable: the journal may be trimmed to the retention window. (The
-// federation issue replaces this with acknowledgements by participants.)
-func (p *partition) purgeable() bool { return len(p.journal) > 0 }
 
 // replicate brings every backup of the partition up to date (syncing the
 // ones not known synced under the current epoch) and sends them entries.
@@ -204,7 +254,10 @@ func (s *service) replicateTo(ctx context.Context, part int, epoch Epoch, b stri
 	}
 	for len(entries) > 0 {
 		n := min(len(entries), maxBatchOps)
-		_, err := s.call(ctx, b, &req{Type: reqReplicate, Part: part, Epoch: epoch, Ops: entries[:n]})
+		s.pmu[part].Lock()
+		purge := s.parts[part].purgeTo
+		s.pmu[part].Unlock()
+		_, err := s.call(ctx, b, &req{Type: reqReplicate, Part: part, Epoch: epoch, Ops: entries[:n], Purge: purge})
 		var es *errStatus
 		if errors.As(err, &es) && es.status == stNeedSync {
 			s.pmu[part].Lock()
@@ -244,10 +297,12 @@ func (s *service) syncBackup(ctx context.Context, part int, epoch Epoch, b strin
 	}
 	var items []item
 	var journal []jentry
-	lastSeq, lastEp := p.lastSeq, p.lastEpoch
+	var positions []fedPos
+	lastSeq, lastEp, purge := p.lastSeq, p.lastEpoch, p.purgeTo
 	if !useDelta {
 		items = p.items()
 		journal = slices.Clone(p.journal)
+		positions = p.positions()
 	}
 	s.pmu[part].Unlock()
 
@@ -255,7 +310,7 @@ func (s *service) syncBackup(ctx context.Context, part int, epoch Epoch, b strin
 		for {
 			n := min(len(delta), maxBatchOps)
 			_, err := s.call(ctx, b, &req{Type: reqInstall, Part: part, Epoch: epoch, Ops: delta[:n],
-				Last: n == len(delta), LastSeq: lastSeq, LastEp: lastEp})
+				Last: n == len(delta), LastSeq: lastSeq, LastEp: lastEp, Purge: purge})
 			if err != nil {
 				return err
 			}
@@ -275,9 +330,9 @@ func (s *service) syncBackup(ctx context.Context, part int, epoch Epoch, b strin
 			}
 			last := n == len(items)
 			r := &req{Type: reqInstall, Part: part, Epoch: epoch, Snapshot: true, First: first, Last: last,
-				Items: items[:n], LastSeq: lastSeq, LastEp: lastEp}
+				Items: items[:n], LastSeq: lastSeq, LastEp: lastEp, Purge: purge}
 			if last {
-				r.Ops = journal
+				r.Ops, r.Positions = journal, positions
 			}
 			if _, err := s.call(ctx, b, r); err != nil {
 				return err

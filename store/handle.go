@@ -55,6 +55,45 @@ func (s *service) handle(ctx context.Context, r *req) *resp {
 		return s.listLocal(r)
 	case reqJournal:
 		return s.journalLocal(r)
+	case reqFedApply:
+		if s.fed == nil {
+			return &resp{Status: stRefused, Msg: "scheme " + s.name + " is not federated here"}
+		}
+		if r.Key == "probe" {
+			pos, err := s.primaryPosition(r.Part, r.Site)
+			if err != nil {
+				return s.errAnswer(err)
+			}
+			return &resp{Pos: pos}
+		}
+		if _, err := s.submit(ctx, r.Part, r.Ops); err != nil {
+			return s.errAnswer(err)
+		}
+		return &resp{Pos: s.position(r.Part, r.Site)}
+	case reqFedCtl:
+		if s.fed == nil {
+			return &resp{Status: stError, Msg: "scheme " + s.name + " is not federated"}
+		}
+		if s.mem.Senior() != s.self {
+			return &resp{Status: stNoTable, Msg: "not the senior"}
+		}
+		gen, err := s.applyControl(ctx, r.Site, r.Key, r.Prefix)
+		if err != nil {
+			return errResp(err)
+		}
+		return &resp{Pos: fedPos{Gen: gen}}
+	case reqFedStatus:
+		return &resp{Msg: encodeJSON(s.fedStatus())}
+	case reqDigest:
+		return s.digestLocal(r)
+	case reqPartKeys:
+		s.pmu[r.Part].Lock()
+		defer s.pmu[r.Part].Unlock()
+		p := s.parts[r.Part]
+		if !p.holds || len(p.owners) == 0 || p.owners[0] != s.self {
+			return &resp{Status: stNotPrimary}
+		}
+		return &resp{Keys: p.partKeys(time.Now().UnixNano())}
 	}
 	return &resp{Status: stError, Msg: "unknown request"}
 }
@@ -80,6 +119,28 @@ func errResp(err error) *resp {
 		return &resp{Status: stBadName, Msg: err.Error()}
 	}
 	return &resp{Status: stError, Msg: err.Error()}
+}
+
+// digestLocal answers digests of the partitions asked that this member is
+// primary of ("part:count:hash" in Keys) and names the others.
+func (s *service) digestLocal(r *req) *resp {
+	a := &resp{}
+	now := time.Now().UnixNano()
+	for _, part := range r.Parts {
+		if part < 0 || part >= s.nparts {
+			continue
+		}
+		s.pmu[part].Lock()
+		p := s.parts[part]
+		if !p.holds || len(p.owners) == 0 || p.owners[0] != s.self {
+			a.Missing = append(a.Missing, part)
+		} else {
+			n, h := p.digest(now)
+			a.Keys = append(a.Keys, strconv.Itoa(part)+":"+strconv.Itoa(n)+":"+strconv.FormatUint(h, 16))
+		}
+		s.pmu[part].Unlock()
+	}
+	return a
 }
 
 // readLocal reads key at this member, which must be the primary.
@@ -147,12 +208,13 @@ func (s *service) install(r *req) *resp {
 				return &resp{Status: stNeedSync, Msg: "delta did not reach the primary's last change"}
 			}
 			p.syncedEpoch = r.Epoch
-			p.purge(max(s.retain, 0))
+			p.purgeTo = r.Purge
+			p.purge(s.keep(), p.purgeTo)
 		}
 		return &resp{}
 	}
 	if r.First {
-		p.staging = newPartition(r.Part)
+		p.staging = newPartition(r.Part, 0)
 		p.staging.hold()
 		p.stageID = r.Epoch
 	}
@@ -164,8 +226,16 @@ func (s *service) install(r *req) *resp {
 		st := p.staging
 		p.staging = nil
 		p.holds, p.data = true, st.data
-		p.journal = slices.Clone(r.Ops)
-		p.lastSeq, p.lastEpoch, p.syncedEpoch = r.LastSeq, r.LastEp, r.Epoch
+		p.setJournal(slices.Clone(r.Ops))
+		p.lastSeq, p.lastEpoch, p.syncedEpoch, p.purgeTo = r.LastSeq, r.LastEp, r.Epoch, r.Purge
+		p.fed, p.produced = nil, 0
+		for _, f := range r.Positions {
+			if f.Site == "" {
+				p.produced = f.Applied
+				continue
+			}
+			*p.fedOf(f.Site) = f
+		}
 	}
 	return &resp{}
 }
@@ -196,9 +266,8 @@ func (s *service) replicated(r *req) *resp {
 		}
 		p.apply(j)
 	}
-	if s.retain >= 0 {
-		p.purge(s.retain)
-	}
+	p.purgeTo = r.Purge
+	p.purge(s.keep(), p.purgeTo)
 	return &resp{}
 }
 

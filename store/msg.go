@@ -29,6 +29,17 @@ const (
 	opPut    byte = 1
 	opDelete byte = 2
 	opClear  byte = 3
+	// opFedMark records how far a sender site's journal has been applied
+	// here (FedFrom, FedSeq), and which of its replicate-all (Gen) or
+	// start-with-no-backlog (NoBacklog) rounds completed. Not shipped.
+	opFedMark byte = 4
+)
+
+// Fates of a received change.
+const (
+	fateApplied    byte = 0
+	fateDuplicate  byte = 1
+	fateSuperseded byte = 2
 )
 
 // jentry is one journaled change of a partition (Seq > 0), or a requested
@@ -40,8 +51,21 @@ type jentry struct {
 	Cache   string
 	Key     string
 	Value   []byte
-	Ver     Version
-	Expires int64 // Unix nanoseconds; 0: never
+	Ver     Version // its Site is the change's origin
+	Expires int64   // Unix nanoseconds; 0: never
+
+	// Federation: a change received from site FedFrom, where it had
+	// journal seq FedSeq (0 for replicate-all items, which are not in
+	// sequence).
+	FedFrom string
+	FedSeq  uint64
+	// Fate of a received change: applied, a duplicate (its version was
+	// here already) or superseded (a newer version was here). Only applied
+	// changes change data or are shipped on.
+	Fate byte
+	// opFedMark only: the completed rounds.
+	Gen       uint64
+	NoBacklog uint64
 }
 
 func (e *enc) jentry(j *jentry) {
@@ -53,12 +77,18 @@ func (e *enc) jentry(j *jentry) {
 	e.bytes(j.Value)
 	e.version(j.Ver)
 	e.iv(j.Expires)
+	e.str(j.FedFrom)
+	e.uv(j.FedSeq)
+	e.u8(j.Fate)
+	e.uv(j.Gen)
+	e.uv(j.NoBacklog)
 }
 
 func (d *dec) jentry() jentry {
 	j := jentry{Seq: d.uv(), Epoch: d.epoch(), Op: d.u8(), Cache: d.str(), Key: d.str()}
 	j.Value, j.Ver, j.Expires = d.bytes(), d.version(), d.iv()
-	if d.err == nil && (j.Op < opPut || j.Op > opClear) {
+	j.FedFrom, j.FedSeq, j.Fate, j.Gen, j.NoBacklog = d.str(), d.uv(), d.u8(), d.uv(), d.uv()
+	if d.err == nil && (j.Op < opPut || j.Op > opFedMark) {
 		d.fail(fmt.Errorf("store message: bad operation %d", j.Op))
 	}
 	return j
@@ -95,6 +125,22 @@ type Table struct {
 	Lineage string      `json:"lineage"` // random id of the table's history
 	Epoch   Epoch       `json:"epoch"`   // the table's version
 	Parts   []PartTable `json:"partitions"`
+	// Fed is the site-wide state of each federation participant, which
+	// the senior keeps with the table so that every member acts on the
+	// same, and a new senior carries it on.
+	Fed []FedControl `json:"federation,omitempty"`
+}
+
+// FedControl is the operator's state of one participant.
+type FedControl struct {
+	Site  string `json:"site"`
+	State string `json:"state"` // started, paused, stopped, error
+	// Gen counts replicate-all requests; partitions whose receiver has
+	// completed round Gen are done.
+	Gen uint64 `json:"replicate_all_gen,omitempty"`
+	// NoBacklog counts start-with-no-backlog requests, done likewise.
+	NoBacklog uint64 `json:"no_backlog_gen,omitempty"`
+	Reason    string `json:"reason,omitempty"` // why it is in error
 }
 
 // PartTable is one partition's entry in the table.
@@ -128,6 +174,14 @@ func (e *enc) table(t *Table) {
 		e.strs(p.Synced)
 		e.boolean(p.Fresh)
 	}
+	e.uv(uint64(len(t.Fed)))
+	for _, f := range t.Fed {
+		e.str(f.Site)
+		e.str(f.State)
+		e.uv(f.Gen)
+		e.uv(f.NoBacklog)
+		e.str(f.Reason)
+	}
 }
 
 func (d *dec) table() *Table {
@@ -136,6 +190,9 @@ func (d *dec) table() *Table {
 	t.Parts = make([]PartTable, n)
 	for i := range t.Parts {
 		t.Parts[i] = PartTable{Epoch: d.epoch(), Owners: d.strs(), Synced: d.strs(), Fresh: d.boolean()}
+	}
+	for range d.n(5) {
+		t.Fed = append(t.Fed, FedControl{Site: d.str(), State: d.str(), Gen: d.uv(), NoBacklog: d.uv(), Reason: d.str()})
 	}
 	return t
 }
@@ -169,6 +226,12 @@ const (
 	reqSizes     byte = 10
 	reqKick      byte = 11 // ask the senior to recompute the table now
 	reqJournal   byte = 12 // part, cursor(seq), limit -> entries
+	reqFedApply  byte = 13 // part, site, entries (+ mark) -> applied position
+	reqFedShip   byte = 14 // between sites: part, entries, last seq, gen... -> applied position
+	reqFedCtl    byte = 15 // to the senior: site, key (action)
+	reqFedStatus byte = 16 // -> this member's federation figures (json in Msg)
+	reqDigest    byte = 17 // parts -> per partition digest (Keys: "part:count:hash")
+	reqPartKeys  byte = 18 // part -> every live key with its version (Keys)
 )
 
 // Response statuses.
@@ -181,6 +244,8 @@ const (
 	stError      byte = 5 // anything else; see Msg
 	stTooLarge   byte = 6
 	stBadName    byte = 7
+	stFull       byte = 8 // the journal limit is reached (policy block)
+	stRefused    byte = 9 // federation: this site does not take changes from the sender
 )
 
 // req is every intra-site request; each type uses some of the fields.
@@ -204,6 +269,24 @@ type req struct {
 	Prefix   string
 	Cursor   string
 	Limit    int
+	// Federation.
+	Site      string   // reqFedShip/reqFedApply: the sending site; reqFedCtl: the participant
+	Gen       uint64   // reqFedShip: replicate-all round of a snapshot batch
+	NoBacklog uint64   // reqFedShip: no-backlog round being completed
+	NParts    int      // reqFedShip: the sender's partition count
+	Purge     uint64   // reqReplicate: the backup may drop journal entries up to here
+	Positions []fedPos // reqInstall (last chunk): what the partition has applied from other sites
+}
+
+// fedPos is a partition's position in another site's journal.
+type fedPos struct {
+	Site      string
+	Seq       uint64 // the sender's last seq applied here
+	Gen       uint64 // the last replicate-all round completed
+	NoBacklog uint64 // the last no-backlog round completed
+	Applied   uint64 // changes applied (counted once each)
+	Dups      uint64 // changes that arrived twice (their version was here)
+	Lost      uint64 // changes superseded by a newer version here (last writer wins)
 }
 
 // resp answers a req.
@@ -222,9 +305,25 @@ type resp struct {
 	Missing []int // list/sizes: partitions the receiver is not primary of
 	Sizes   map[string]int64
 	Entries []jentry
+	// Federation: the receiver's position in the sender's journal.
+	Pos fedPos
 }
 
 const maxParts = 8191
+
+func (e *enc) fedPos(p *fedPos) {
+	e.str(p.Site)
+	e.uv(p.Seq)
+	e.uv(p.Gen)
+	e.uv(p.NoBacklog)
+	e.uv(p.Applied)
+	e.uv(p.Dups)
+	e.uv(p.Lost)
+}
+
+func (d *dec) fedPos() fedPos {
+	return fedPos{Site: d.str(), Seq: d.uv(), Gen: d.uv(), NoBacklog: d.uv(), Applied: d.uv(), Dups: d.uv(), Lost: d.uv()}
+}
 
 func encodeReq(r *req) []byte {
 	e := &enc{b: make([]byte, 0, 64)}
@@ -259,6 +358,15 @@ func encodeReq(r *req) []byte {
 	e.str(r.Prefix)
 	e.str(r.Cursor)
 	e.uv(uint64(r.Limit))
+	e.str(r.Site)
+	e.uv(r.Gen)
+	e.uv(r.NoBacklog)
+	e.uv(uint64(r.NParts))
+	e.uv(r.Purge)
+	e.uv(uint64(len(r.Positions)))
+	for i := range r.Positions {
+		e.fedPos(&r.Positions[i])
+	}
 	return e.b
 }
 
@@ -294,10 +402,16 @@ func decodeReq(b []byte) (*req, error) {
 	} else {
 		d.fail(fmt.Errorf("store message: limit %d out of range", l))
 	}
+	r.Site, r.Gen, r.NoBacklog = d.str(), d.uv(), d.uv()
+	r.NParts = d.part()
+	r.Purge = d.uv()
+	for range d.n(6) {
+		r.Positions = append(r.Positions, d.fedPos())
+	}
 	if err := d.done(); err != nil {
 		return nil, err
 	}
-	if r.Type < reqState || r.Type > reqJournal {
+	if r.Type < reqState || r.Type > reqPartKeys {
 		return nil, fmt.Errorf("store message: unknown request type %d", r.Type)
 	}
 	return r, nil
@@ -346,6 +460,7 @@ func encodeResp(r *resp) []byte {
 	for i := range r.Entries {
 		e.jentry(&r.Entries[i])
 	}
+	e.fedPos(&r.Pos)
 	return e.b
 }
 
@@ -381,6 +496,7 @@ func decodeResp(b []byte) (*resp, error) {
 	for range d.n(8) {
 		r.Entries = append(r.Entries, d.jentry())
 	}
+	r.Pos = d.fedPos()
 	if err := d.done(); err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,7 +32,24 @@ type partition struct {
 	journal     []jentry                     // contiguous: journal[i].Seq == journal[0].Seq+i
 	lastSeq     uint64
 	lastEpoch   Epoch
-	syncedEpoch Epoch // the last epoch under which this copy was complete
+	syncedEpoch Epoch         // the last epoch under which this copy was complete
+	jbytes      int64         // bytes of the journal entries held
+	acct        *atomic.Int64 // the member's total of jbytes (nil: not counted)
+	// produced counts the changes made at this site (not received from
+	// others) ever journaled in the partition.
+	produced uint64
+	// committed: on the primary, the last seq every owner holds (only
+	// those changes are shipped to other sites).
+	committed uint64
+	// purgeTo: journal entries up to here may go (every federation
+	// participant has them); the primary advances it, backups learn it.
+	purgeTo uint64
+	// fed: per sending site, how far its journal has been applied here,
+	// kept with the partition (and so with its backups).
+	fed map[string]*fedPos
+	// clears: per cache, the version of its last clear; older changes
+	// arriving later (from other sites) are ignored.
+	clears map[string]Version
 
 	// Its place in the current table.
 	epoch  Epoch
@@ -57,7 +75,7 @@ type pending struct {
 	existed []bool
 }
 
-func newPartition(id int) *partition { return &partition{id: id} }
+func newPartition(id int, purgeTo uint64) *partition { return &partition{id: id, purgeTo: purgeTo} }
 
 // reset drops everything this member holds of the partition.
 func (p *partition) reset() {
@@ -69,6 +87,10 @@ func (p *partition) reset() {
 	p.syncedEpoch = Epoch{}
 	p.staging = nil
 	p.synced = nil
+	p.addBytes(-p.jbytes)
+	p.fed = nil
+	p.produced = 0
+	p.clears = nil
 }
 
 // hold starts holding an empty copy.
@@ -88,12 +110,72 @@ func (p *partition) existed(cache, key string, now int64) bool {
 	return v != nil && v.live(now)
 }
 
+// addBytes changes the journal's byte count and the member's total.
+func (p *partition) addBytes(n int64) {
+	p.jbytes += n
+	if p.acct != nil {
+		p.acct.Add(n)
+	}
+}
+
+// entrySize is what a journal entry counts against the journal limit.
+func entrySize(j *jentry) int64 { return int64(len(j.Value) + len(j.Key) + len(j.Cache) + 64) }
+
+// fedOf returns the partition's position in site's journal, creating it.
+func (p *partition) fedOf(site string) *fedPos {
+	if p.fed == nil {
+		p.fed = map[string]*fedPos{}
+	}
+	f := p.fed[site]
+	if f == nil {
+		f = &fedPos{Site: site}
+		p.fed[site] = f
+	}
+	return f
+}
+
+// positions lists the partition's federation positions (for snapshots).
+func (p *partition) positions() []fedPos {
+	var out []fedPos
+	for _, f := range p.fed {
+		out = append(out, *f)
+	}
+	// This site's own count travels as the entry with no site.
+	out = append(out, fedPos{Applied: p.produced})
+	slices.SortFunc(out, func(a, b fedPos) int { return strings.Compare(a.Site, b.Site) })
+	return out
+}
+
 // apply applies one numbered change to the data and appends it to the
 // journal. Changes are applied in sequence order; an older version of a key
-// never overwrites a newer one (that matters once sites exchange changes).
+// never overwrites a newer one (sites exchange changes, last writer wins).
 func (p *partition) apply(j *jentry) {
+	if j.FedFrom == "" && j.Op != opFedMark {
+		p.produced++
+	}
+	if j.FedFrom != "" {
+		f := p.fedOf(j.FedFrom)
+		switch {
+		case j.Op == opFedMark:
+			f.Seq = max(f.Seq, j.FedSeq)
+			f.Gen = max(f.Gen, j.Gen)
+			f.NoBacklog = max(f.NoBacklog, j.NoBacklog)
+		case j.Fate == fateDuplicate:
+			f.Dups++
+		case j.Fate == fateSuperseded:
+			f.Lost++
+		default:
+			f.Applied++
+		}
+		if j.FedSeq > f.Seq {
+			f.Seq = j.FedSeq
+		}
+	}
 	switch j.Op {
 	case opPut, opDelete:
+		if j.Fate != fateApplied {
+			break
+		}
 		c := p.data[j.Cache]
 		if c == nil {
 			c = map[string]*value{}
@@ -102,12 +184,21 @@ func (p *partition) apply(j *jentry) {
 		if old := c[j.Key]; old != nil && old.ver.Compare(j.Ver) > 0 {
 			break
 		}
+		if cv, ok := p.clears[j.Cache]; ok && cv.Compare(j.Ver) > 0 {
+			break
+		}
 		if j.Op == opPut {
 			c[j.Key] = &value{data: j.Value, ver: j.Ver, expires: j.Expires}
 		} else {
 			c[j.Key] = &value{ver: j.Ver, deleted: true}
 		}
 	case opClear:
+		if p.clears == nil {
+			p.clears = map[string]Version{}
+		}
+		if cv, ok := p.clears[j.Cache]; !ok || cv.Compare(j.Ver) < 0 {
+			p.clears[j.Cache] = j.Ver
+		}
 		for k, v := range p.data[j.Cache] {
 			if v.ver.Compare(j.Ver) < 0 {
 				delete(p.data[j.Cache], k)
@@ -118,6 +209,7 @@ func (p *partition) apply(j *jentry) {
 		}
 	}
 	p.journal = append(p.journal, *j)
+	p.addBytes(entrySize(j))
 	p.lastSeq, p.lastEpoch = j.Seq, j.Epoch
 }
 
@@ -147,10 +239,32 @@ func (p *partition) since(seq uint64) ([]jentry, bool) {
 	return p.journal[seq+1-p.journal[0].Seq:], true
 }
 
-// purge trims the journal to its newest keep entries.
-func (p *partition) purge(keep int) {
-	if n := len(p.journal) - keep; n > 0 {
-		p.journal = slices.Clone(p.journal[n:])
+// purge trims the journal to its newest keep entries, but never past
+// upTo (entries after it are still needed by a federation participant).
+// It returns the bytes freed.
+func (p *partition) purge(keep int, upTo uint64) int64 {
+	n := max(len(p.journal)-keep, 0)
+	for n > 0 && p.journal[n-1].Seq > upTo {
+		n--
+	}
+	if n == 0 {
+		return 0
+	}
+	var freed int64
+	for i := range n {
+		freed += entrySize(&p.journal[i])
+	}
+	p.journal = slices.Clone(p.journal[n:])
+	p.addBytes(-freed)
+	return freed
+}
+
+// setJournal replaces the journal (snapshot install).
+func (p *partition) setJournal(j []jentry) {
+	p.journal = j
+	p.addBytes(-p.jbytes)
+	for i := range j {
+		p.addBytes(entrySize(&j[i]))
 	}
 }
 
@@ -176,12 +290,26 @@ func (p *partition) items() []item {
 			out = append(out, item{Cache: cache, Key: k, Value: v.data, Ver: v.ver, Expires: v.expires, Deleted: v.deleted})
 		}
 	}
+	// A cache's last clear travels as an item with an empty key.
+	for cache, v := range p.clears {
+		out = append(out, item{Cache: cache, Ver: v, Deleted: true})
+	}
 	return out
 }
+
+// clearVer is the version of the cache's last clear (zero: none).
+func (p *partition) clearVer(cache string) Version { return p.clears[cache] }
 
 // install adds snapshot items to a staging copy.
 func (p *partition) install(items []item) {
 	for _, it := range items {
+		if it.Key == "" {
+			if p.clears == nil {
+				p.clears = map[string]Version{}
+			}
+			p.clears[it.Cache] = it.Ver
+			continue
+		}
 		c := p.data[it.Cache]
 		if c == nil {
 			c = map[string]*value{}

@@ -33,6 +33,10 @@ func (s *service) retry(ctx context.Context, part int, attempt func(ctx context.
 					return fmt.Errorf("%w: %s", ErrTooLarge, es.msg)
 				case stBadName:
 					return fmt.Errorf("%w: %s", ErrBadName, es.msg)
+				case stFull:
+					return fmt.Errorf("%w: %s", ErrJournalFull, es.msg)
+				case stRefused:
+					return fmt.Errorf("store: refused: %s", es.msg)
 				case stError:
 					return fmt.Errorf("store: %s", es.msg)
 				}
@@ -124,7 +128,7 @@ func (s *service) fanout(ctx context.Context, r req, each func(a *resp)) error {
 				var a *resp
 				var err error
 				if m == s.self {
-					a = s.listLocal(&q)
+					a = s.handle(ctx, &q)
 				} else if m != "" {
 					a, err = s.call(ctx, m, &q)
 				}

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -43,7 +45,8 @@ type errStatus struct {
 
 func (e *errStatus) Error() string {
 	names := map[byte]string{stNotPrimary: "not primary", stStale: "stale epoch", stNeedSync: "needs sync",
-		stNoTable: "no table", stError: "error", stTooLarge: "too large", stBadName: "bad name"}
+		stNoTable: "no table", stError: "error", stTooLarge: "too large", stBadName: "bad name",
+		stFull: "journal full", stRefused: "refused"}
 	if e.msg == "" {
 		return names[e.status]
 	}
@@ -73,10 +76,38 @@ type service struct {
 	pmu   []sync.Mutex // pmu[i] guards parts[i]
 	parts []*partition
 
+	fed    *fedState    // nil: the scheme is not federated
+	jbytes atomic.Int64 // journal bytes of every partition held here
+	ctlMu  sync.Mutex   // serialises federation operations at the senior
+
 	kick   chan struct{} // wakes the senior loop
 	syncCh chan struct{} // wakes the sync loop
 	wg     sync.WaitGroup
+	wgMu   sync.Mutex // guards closed and wg.Go against run's final Wait
+	closed bool
 	ctx    context.Context // the service's life; set by run
+}
+
+// keep is how many journal entries a partition keeps beyond what
+// federation still needs: journal-retain without federation; none with it,
+// so the journal holds exactly the backlog that the limit bounds.
+func (s *service) keep() int {
+	if s.fed != nil {
+		return 0
+	}
+	return max(s.retain, 0)
+}
+
+// spawn runs fn in a goroutine the service owns, unless the service is
+// stopping; it reports whether fn was started.
+func (s *service) spawn(fn func()) bool {
+	s.wgMu.Lock()
+	defer s.wgMu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Go(fn)
+	return true
 }
 
 func newService(name string, nparts, backups int, self, site string, mem Membership, tr Transport, clock *Clock, log *slog.Logger, timeout time.Duration, retain int) *service {
@@ -87,7 +118,8 @@ func newService(name string, nparts, backups int, self, site string, mem Members
 		kick: make(chan struct{}, 1), syncCh: make(chan struct{}, 1),
 	}
 	for i := range s.parts {
-		s.parts[i] = newPartition(i)
+		s.parts[i] = newPartition(i, math.MaxUint64)
+		s.parts[i].acct = &s.jbytes
 	}
 	return s
 }
@@ -142,6 +174,10 @@ func (s *service) applyTable(t *Table, force bool) bool {
 		s.pmu[i].Lock()
 		p := s.parts[i]
 		changed := p.epoch != pt.Epoch
+		prevPrimary := ""
+		if len(p.owners) > 0 {
+			prevPrimary = p.owners[0]
+		}
 		p.epoch, p.owners, p.fresh = pt.Epoch, slices.Clone(pt.Owners), pt.Fresh
 		switch {
 		case pt.Primary() == s.self:
@@ -151,6 +187,12 @@ func (s *service) applyTable(t *Table, force bool) bool {
 			if p.holds && changed {
 				p.syncedEpoch = pt.Epoch
 				p.synced = map[string]bool{}
+				// Which of our changes every owner holds is known again
+				// only after the first round with the backups.
+				p.committed = min(p.committed, p.lastSeq)
+				if pt.Primary() != prevPrimary {
+					p.committed = 0
+				}
 			}
 			if !p.holds && changed {
 				s.log.Warn("store: named primary of a partition this member does not hold; waiting for the senior",
@@ -226,10 +268,18 @@ func (s *service) call(ctx context.Context, member string, r *req) (*resp, error
 // run runs the service's loops until ctx ends.
 func (s *service) run(ctx context.Context) {
 	s.ctx = ctx
-	s.wg.Go(func() { s.seniorLoop(ctx) })
-	s.wg.Go(func() { s.syncLoop(ctx) })
-	s.wg.Go(func() { s.sweepLoop(ctx) })
+	s.spawn(func() { s.seniorLoop(ctx) })
+	s.spawn(func() { s.syncLoop(ctx) })
+	s.spawn(func() { s.sweepLoop(ctx) })
+	if s.fed != nil {
+		for _, peer := range s.fed.peers {
+			s.spawn(func() { s.fedLoop(ctx, peer) })
+		}
+	}
 	<-ctx.Done()
+	s.wgMu.Lock()
+	s.closed = true
+	s.wgMu.Unlock()
 	s.wg.Wait()
 	for i := range s.parts {
 		s.pmu[i].Lock()
@@ -378,6 +428,27 @@ func (s *service) coordinate(ctx context.Context) bool {
 		base = &b
 	}
 	next := nextTable(base, lineage, s.self, s.nparts, s.backups, live, v)
+	if s.fed != nil {
+		// Participants the table does not know yet start as configured.
+		have := base
+		if next != nil {
+			have = next
+		}
+		var add []FedControl
+		for _, c := range s.fed.initialFed() {
+			if _, ok := have.control(c.Site); !ok {
+				add = append(add, c)
+			}
+		}
+		if len(add) > 0 {
+			if next == nil {
+				n := *base
+				n.Epoch = Epoch{Ver: base.Epoch.Ver + 1, Author: s.self}
+				next = &n
+			}
+			next.Fed = append(slices.Clone(next.Fed), add...)
+		}
+	}
 	if next != nil {
 		if cur == nil {
 			s.log.Info("store: new partition table history", "lineage", lineage, "partitions", s.nparts, "members", live)
@@ -391,7 +462,7 @@ func (s *service) coordinate(ctx context.Context) bool {
 		if m == s.self || (st.Lineage == cur.Lineage && st.Table == cur.Epoch) {
 			continue
 		}
-		s.wg.Go(func() {
+		s.spawn(func() {
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			if _, err := s.call(pctx, m, &req{Type: reqPushTable, Table: cur}); err != nil {

@@ -27,6 +27,10 @@ type Scheme struct {
 	Name        string
 	BackupCount int
 	Expiry      time.Duration // default TTL of puts that name none; 0: never
+	// Federation: the sites this site sends the scheme's changes to, and
+	// the sites it takes them from (its topology's edges at this site).
+	FedTo   []FedLink
+	FedFrom []string
 }
 
 // Mapping maps cache names matching Pattern ('*' matches any run of
@@ -48,6 +52,7 @@ type Options struct {
 	JournalRetain  int           // entries kept per partition; default 1024
 	Membership     Membership
 	Transport      Transport
+	Fed            FedOptions
 	Log            *slog.Logger
 }
 
@@ -97,8 +102,18 @@ func New(o Options) (*Store, error) {
 		if _, dup := st.services[sc.Name]; dup {
 			return nil, fmt.Errorf("store: scheme %q twice", sc.Name)
 		}
-		st.services[sc.Name] = newService(sc.Name, o.Partitions, sc.BackupCount, o.Self, o.Site,
+		svc := newService(sc.Name, o.Partitions, sc.BackupCount, o.Self, o.Site,
 			o.Membership, o.Transport, st.clock, o.Log, o.RequestTimeout, o.JournalRetain)
+		if len(sc.FedTo) > 0 || len(sc.FedFrom) > 0 {
+			if o.Fed.Transport == nil {
+				return nil, fmt.Errorf("store: scheme %q is federated but there is no federation transport", sc.Name)
+			}
+			svc.fed = newFedState(o.Fed, sc, o.Partitions)
+			for _, p := range svc.parts {
+				p.purgeTo = 0 // nothing is acknowledged by anyone yet
+			}
+		}
+		st.services[sc.Name] = svc
 		st.order = append(st.order, sc.Name)
 	}
 	for _, m := range o.Mappings {

@@ -95,6 +95,7 @@ type views map[string]map[int]holding
 func nextTable(prev *Table, lineage string, author string, nparts, backups int, live []string, v views) *Table {
 	next := &Table{Lineage: lineage, Parts: make([]PartTable, nparts)}
 	if prev != nil {
+		next.Fed = slices.Clone(prev.Fed)
 		next.Epoch = Epoch{Ver: prev.Epoch.Ver + 1, Author: author}
 	} else {
 		next.Epoch = Epoch{Ver: 1, Author: author}

@@ -1,10 +1,12 @@
-// Command sitebridge-bench measures sitebridge against direct TCP on this
+// Command sitebridge-bench measures sitebridge against direct TCP, and its
+// site store against an in-memory map behind the same cache API, on this
 // machine and prints one table of figures with their ratios to the
 // baseline; see package internal/bench.
 //
-//	sitebridge-bench                   full mode (make bench), about 2-3 minutes
-//	sitebridge-bench -short            short mode (make bench-short), about 20 s
+//	sitebridge-bench                   full mode (make bench), about 3-4 minutes
+//	sitebridge-bench -short            short mode (make bench-short), about 30 s
 //	sitebridge-bench -bin bin/sitebridge -json out.json -wan off
+//	sitebridge-bench -only store       the site store alone
 package main
 
 import (
@@ -17,6 +19,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -54,7 +57,7 @@ func run(ctx context.Context, args []string) error {
 	limit := fs.Duration("timeout", 10*time.Minute, "stop the whole run after this long")
 	noRelay := fs.Bool("no-relay", false, "skip the reference column (two plain TCP relays in a chain)")
 	fs.BoolVar(&o.NoLoopback, "no-loopback", false, "skip the loopback figures (with -wan on: only the WAN profile)")
-	only := fs.String("only", "", "comma-separated groups to run: memory, throughput_1, throughput_8, echo, conns (default: all)")
+	only := fs.String("only", "", "comma-separated groups to run: "+strings.Join(bench.Groups, ", ")+" (default: all)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -68,6 +71,11 @@ func run(ctx context.Context, args []string) error {
 	}
 	if *only != "" {
 		o.Only = strings.Split(*only, ",")
+		for _, g := range o.Only {
+			if !slices.Contains(bench.Groups, g) {
+				return fmt.Errorf("-only: unknown group %q (want %s)", g, strings.Join(bench.Groups, ", "))
+			}
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, *limit)
 	defer cancel()

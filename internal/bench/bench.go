@@ -37,20 +37,28 @@ type Options struct {
 	// WANDelay is the one-way delay of the WAN profile (default 20ms, so a
 	// 40 ms round trip).
 	WANDelay time.Duration
-	// Only, if set, limits the run to these groups: memory, throughput_1,
-	// throughput_8, echo, conns (for profiling one figure).
+	// Only, if set, limits the run to these groups (see [Groups]), for
+	// profiling one figure or running the site store alone.
 	Only []string
 	// RelayArgv, if set, starts a reference relay process when followed by
 	// LISTEN=TARGET pairs (see Relay); the loopback figures then have a
 	// reference column.
 	RelayArgv []string
-	// NoLoopback skips the loopback figures (to run only the WAN profile).
+	// NoLoopback skips the loopback figures and the site store (to run
+	// only the WAN profile).
 	NoLoopback bool
 	// Progress receives a line per measurement (may be nil).
 	Progress io.Writer
 }
 
+// Groups are the names Options.Only accepts: the loopback groups, then
+// the site store.
+var Groups = []string{"memory", "throughput_1", "throughput_8", "echo", "conns", "store"}
+
 func (o Options) want(group string) bool { return len(o.Only) == 0 || slices.Contains(o.Only, group) }
+
+// wantAny reports whether any of groups is to run.
+func (o Options) wantAny(groups ...string) bool { return slices.ContainsFunc(groups, o.want) }
 
 // params are the load sizes of a mode.
 type params struct {
@@ -65,6 +73,7 @@ type params struct {
 	connMax     int64
 	held        int
 	wanTPDur    time.Duration
+	store       storeParams
 }
 
 func paramsFor(o Options) params {
@@ -72,7 +81,7 @@ func paramsFor(o Options) params {
 		runs: 3, tpDur: 1500 * time.Millisecond, tpMax: 32 << 30,
 		echoWarm: 500, echoN: 10000, echoMax: 4 * time.Second,
 		connWorkers: 4, connDur: 1500 * time.Millisecond, connMax: 40000,
-		held: 1000, wanTPDur: 3 * time.Second,
+		held: 1000, wanTPDur: 3 * time.Second, store: storeParamsFor(o.Short),
 	}
 	if o.Short {
 		p.runs, p.tpDur = 1, 500*time.Millisecond
@@ -91,9 +100,9 @@ type Figure struct {
 	Key        string    `json:"key"`
 	Name       string    `json:"name"`
 	Unit       string    `json:"unit,omitempty"`
-	Direct     *float64  `json:"direct,omitempty"`
-	Tunnel     *float64  `json:"tunnel,omitempty"`
-	Ratio      *float64  `json:"ratio,omitempty"` // tunnel / direct
+	Direct     *float64  `json:"direct,omitempty"` // the baseline (site store: see StoreResults)
+	Tunnel     *float64  `json:"tunnel,omitempty"` // what is measured against it
+	Ratio      *float64  `json:"ratio,omitempty"`  // tunnel / direct
 	Target     string    `json:"target,omitempty"`
 	Pass       *bool     `json:"pass,omitempty"`
 	Status     string    `json:"status,omitempty"` // set when there is no value
@@ -126,17 +135,18 @@ type WANResults struct {
 
 // Results is what a run writes as JSON.
 type Results struct {
-	Schema   int         `json:"schema"`
-	Time     time.Time   `json:"time"`
-	Mode     string      `json:"mode"`
-	Runs     int         `json:"runs"`
-	Commit   string      `json:"commit,omitempty"`
-	Machine  Machine     `json:"machine"`
-	Params   ParamsJSON  `json:"params"`
-	Figures  []Figure    `json:"figures"`
-	WAN      *WANResults `json:"wan,omitempty"`
-	Seconds  float64     `json:"seconds"`
-	Problems []string    `json:"problems,omitempty"`
+	Schema   int           `json:"schema"`
+	Time     time.Time     `json:"time"`
+	Mode     string        `json:"mode"`
+	Runs     int           `json:"runs"`
+	Commit   string        `json:"commit,omitempty"`
+	Machine  Machine       `json:"machine"`
+	Params   ParamsJSON    `json:"params"`
+	Figures  []Figure      `json:"figures"`
+	WAN      *WANResults   `json:"wan,omitempty"`
+	Store    *StoreResults `json:"store,omitempty"`
+	Seconds  float64       `json:"seconds"`
+	Problems []string      `json:"problems,omitempty"`
 }
 
 // ParamsJSON records the load sizes used.
@@ -182,14 +192,18 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	sp := newSpawner()
 	defer sp.close()
 
-	if !o.NoLoopback {
+	if !o.NoLoopback && o.wantAny("memory", "throughput_1", "throughput_8", "echo", "conns") {
 		if err := loopback(ctx, o, p, sp, res, prog); err != nil {
 			return nil, err
 		}
 	}
+	if !o.NoLoopback && o.want("store") {
+		res.Store = storeProfile(ctx, o, p, sp, prog)
+		if res.Store.Status != "ok" {
+			res.Problems = append(res.Problems, "site store: "+res.Store.Status)
+		}
+	}
 	res.Figures = append(res.Figures,
-		Figure{Key: "store_puts", Name: "site-store puts/s", Status: notBuilt},
-		Figure{Key: "store_gets", Name: "site-store gets/s", Status: notBuilt},
 		Figure{Key: "federation_rate", Name: "federation entries/s", Status: notBuilt},
 		Figure{Key: "federation_lag_p50", Name: "federation lag p50 (fixed rate)", Status: notBuilt},
 		Figure{Key: "federation_lag_p99", Name: "federation lag p99 (fixed rate)", Status: notBuilt},
@@ -197,7 +211,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	)
 
 	switch {
-	case o.WAN == "off", o.WAN == "auto" && o.Short:
+	case o.WAN == "off", o.WAN == "auto" && o.Short, !o.wantAny("throughput_1", "throughput_8"):
 	default:
 		w, err := wanProfile(ctx, o, p, sp, prog)
 		if err != nil && o.WAN == "on" {
@@ -208,7 +222,11 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			return nil, errors.New("WAN profile: " + w.Status)
 		}
 	}
-	for _, f := range res.Figures {
+	figs := res.Figures
+	if res.Store != nil {
+		figs = append(slices.Clone(figs), res.Store.Figures...)
+	}
+	for _, f := range figs {
 		if strings.HasPrefix(f.Status, "failed") {
 			res.Problems = append(res.Problems, f.Name+": "+f.Status)
 		}
@@ -541,6 +559,10 @@ func WriteTable(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "sitebridge bench: %s mode, %d run(s) per figure, medians; %s, %d CPUs (%s), kernel %s, commit %s\n",
 		r.Mode, r.Runs, r.Machine.GoVersion, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Commit)
 	writeFigures(w, r.Figures)
+	if r.Store != nil {
+		fmt.Fprintln(w)
+		writeStore(w, r.Store)
+	}
 	if r.WAN != nil {
 		fmt.Fprintln(w)
 		if r.WAN.Status != "ok" {

@@ -58,6 +58,33 @@
 // deadline, the whole run has a time limit, and it stops by itself.
 // SIGINT or SIGTERM stops it early, with the same cleanup.
 //
+// # Site store
+//
+// The group "store" (after the loopback figures, with their instances
+// gone) measures the site store through its cache API with the Go client
+// (package cacheclient). It starts a site of two instances (store1 and
+// store2, real processes on a random 127.x.y.z) that share a cluster and
+// so a store with the default scheme (257 partitions, one backup), and
+// waits until GET /api/v1/store on both reports a settled table with two
+// primaries. The baseline, in the same run, is the same HTTP handler
+// (package cacheapi) over an in-memory map (cachetest.Memory) served by
+// this process: what the same client pays for one unreplicated map, so
+// the ratio is the cost of partitioning, forwarding and replication.
+// For each value size (100 B and 4 KiB, one cache each):
+//
+//  1. every key (10,000; short mode 2,000) is put once on both paths,
+//     which is also the warm-up;
+//  2. 16 workers, spread over one client per endpoint (the two instances'
+//     admin endpoints; two clients of the baseline), put the value under
+//     random keys for 2 s (short mode 0.3 s) or 2,000,000 operations;
+//     puts/s and put latency p50 and p99;
+//  3. the same with gets, each checked to return the value.
+//
+// Runs alternate baseline and store as above. Operations that fail are
+// counted and left out of the figures; a run in which more than 1% fail
+// fails. The figures have no target. In [StoreResults] Direct is the
+// baseline and Tunnel the store.
+//
 // # WAN profile
 //
 // With root and iproute2 (`ip`, `tc`), the throughput figures are measured
