@@ -274,4 +274,3 @@ func TestStoreKillNoAckedWriteLost(t *testing.T) {
 		})
 	}
 }
-
