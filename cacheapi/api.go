@@ -41,6 +41,8 @@
 //	405 method-not-allowed  with an Allow header
 //	413 too-large           store.ErrTooLarge, or a body over the store's MaxValueSize (nothing is stored)
 //	503 unavailable         store.ErrUnavailable or a timeout; with Retry-After: 1
+//	503 journal-full        store.ErrJournalFull: a federation participant is not taking
+//	                        changes and the journal limit (policy block) is reached
 //	503 stopped             store.ErrStopped: the store is shutting down
 //	500 internal            anything else
 package cacheapi
@@ -74,6 +76,7 @@ const (
 	CodeTooLarge         = "too-large"
 	CodeUnavailable      = "unavailable"
 	CodeStopped          = "stopped"
+	CodeJournalFull      = "journal-full"
 	CodeNotFound         = "not-found"
 	CodeBadRequest       = "bad-request"
 	CodeMethodNotAllowed = "method-not-allowed"

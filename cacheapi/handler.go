@@ -355,6 +355,8 @@ func classify(err error) (status int, code string) {
 		return http.StatusServiceUnavailable, CodeUnavailable
 	case errors.Is(err, store.ErrStopped):
 		return http.StatusServiceUnavailable, CodeStopped
+	case errors.Is(err, store.ErrJournalFull):
+		return http.StatusServiceUnavailable, CodeJournalFull
 	}
 	return http.StatusInternalServerError, CodeInternal
 }

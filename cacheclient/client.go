@@ -133,6 +133,8 @@ func (e *APIError) Is(target error) bool {
 		return code == cacheapi.CodeUnavailable
 	case store.ErrStopped:
 		return code == cacheapi.CodeStopped
+	case store.ErrJournalFull:
+		return code == cacheapi.CodeJournalFull
 	}
 	return false
 }

@@ -119,6 +119,23 @@ cluster:                  # the instances of one site form a cluster
   relay: {{.Host}}:{{.RelayPort}}
   gossip-key: gossip.key
   join: [{{.Host}}:{{.Join1}}, {{.Host}}:{{.Join2}}]
+store:                    # the site's caches, partitioned across its instances
+  schemes:
+    - name: default       # site-local caches
+    - name: trades        # federated with the other site
+      federation: sites
+  caches:
+    - pattern: "trades*"
+      scheme: trades
+    - pattern: "*"
+      scheme: default
+federation:
+  participants:
+    - site: {{if .TunnelPort}}onprem{{else}}cloud{{end}}
+  topologies:
+    - name: sites
+      type: active-active
+      sites: [cloud, onprem]
 `))
 
 // Prepare writes certificates and the four config files into dir.

@@ -70,7 +70,8 @@ func TestDemoForwardsAllFourPorts(t *testing.T) {
 }
 
 // storesPerSite: a put through one instance of a site is read through the
-// other; the other site's store does not have it (no federation yet).
+// other; a site-local cache stays on its site; the trades cache is
+// federated to the other site.
 func storesPerSite(t *testing.T, host string, insts []Instance) {
 	t.Helper()
 	client := func(i int) *cacheclient.Client {
@@ -80,19 +81,32 @@ func storesPerSite(t *testing.T, host string, insts []Instance) {
 	defer cancel()
 	for _, pair := range [][2]int{{0, 1}, {3, 2}} {
 		key := "k-" + insts[pair[0]].Name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
-		if err := client(pair[0]).Put(ctx, "trades", key, []byte(key), 0); err != nil {
-			t.Fatalf("put via %s: %v", insts[pair[0]].Name, err)
-		}
-		v, ok, err := client(pair[1]).Get(ctx, "trades", key)
-		if err != nil || !ok || string(v) != key {
-			t.Fatalf("get via %s: %q %v %v", insts[pair[1]].Name, v, ok, err)
+		for _, cache := range []string{"local", "trades"} {
+			if err := client(pair[0]).Put(ctx, cache, key, []byte(key), 0); err != nil {
+				t.Fatalf("put via %s: %v", insts[pair[0]].Name, err)
+			}
+			v, ok, err := client(pair[1]).Get(ctx, cache, key)
+			if err != nil || !ok || string(v) != key {
+				t.Fatalf("get via %s: %q %v %v", insts[pair[1]].Name, v, ok, err)
+			}
 		}
 		other := 2
 		if pair[0] >= 2 {
 			other = 0
 		}
-		if _, ok, err := client(other).Get(ctx, "trades", key); err != nil || ok {
-			t.Fatalf("the other site's store (%s) answered %v %v for %s", insts[other].Name, ok, err, key)
+		if _, ok, err := client(other).Get(ctx, "local", key); err != nil || ok {
+			t.Fatalf("the other site's store (%s) answered %v %v for a site-local key %s", insts[other].Name, ok, err, key)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			v, ok, err := client(other).Get(ctx, "trades", key)
+			if err == nil && ok && string(v) == key {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("trades/%s did not reach the other site (%s): %q %v %v", key, insts[other].Name, v, ok, err)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }

@@ -248,6 +248,7 @@ func (s *Supervisor) adminServer() *http.Server {
 		writeJSON(w, http.StatusOK, map[string]any{"instance": s.cfg.Instance, "schemes": in.store.Status()})
 	})))
 	mux.Handle("GET /api/v1/store/{scheme}/partitions/{part}/journal", s.requireToken(http.HandlerFunc(s.serveJournal)))
+	s.federationRoutes(mux)
 	return &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

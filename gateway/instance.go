@@ -53,6 +53,7 @@ type Instance struct {
 	health  health
 	store   *store.Store // this instance's part of the site store
 	storeTr *storeTransport
+	fedTr   *streamPool // federation streams; nil without federation
 }
 
 // New prepares an instance from a validated config: it loads the TLS
@@ -109,6 +110,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Instance, error) {
 		WindowSize:     uint32(cfg.Tunnel.WindowSize),
 		Log:            log.With("component", "tunnel"),
 		Services:       in.offered,
+		Kinds:          []tunnel.Kind{tunnel.KindFederation},
 		OnMembers: func(s *tunnel.Session, urls []string) {
 			in.dials.announce(s.Remote().Site, urls)
 		},
@@ -242,6 +244,7 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 	in.peers.closeAll()
 	in.closeRelays()
 	in.storeTr.closeAll()
+	in.fedTr.closeAll()
 	wg.Wait()
 	in.dials.wait()
 	in.conns.Wait()

@@ -199,6 +199,10 @@ func (in *Instance) openOn(ctx context.Context, r route, service string, more bo
 // serveInbound serves a stream a peer opened: it connects the named
 // service's target from this instance's own config, or refuses.
 func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
+	if st.Header.Kind == tunnel.KindFederation {
+		in.serveFed(ctx, s, st)
+		return
+	}
 	h := st.Header
 	r := s.Remote()
 	log := in.log.With("peer", r.Instance, "service", h.Service)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +26,43 @@ import (
 // makes a partition history of its own.
 const storeJoinWait = 10 * time.Second
 
+// serveFed answers federation batches on a stream an instance of another
+// site opened over a tunnel. The sending site is the tunnel's
+// authenticated peer site.
+func (in *Instance) serveFed(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
+	if in.store == nil || !in.store.Federated() {
+		st.Refuse(tunnel.CodeUnsupportedKind, "this instance does not federate")
+		return
+	}
+	if st.Header.Tenant != s.Remote().Tenant {
+		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", st.Header.Tenant))
+		return
+	}
+	if err := st.Accept(); err != nil {
+		st.Close()
+		return
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	defer stop()
+	limit := in.storeFrameLimit()
+	site := s.Remote().Site
+	for {
+		st.SetReadDeadline(time.Now().Add(storeStreamIdle))
+		req, err := readStoreFrame(st, limit)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
+				in.log.Warn("federation stream closed", "peer", s.Remote().Instance, "peer_site", site, "reason", err.Error())
+			}
+			return
+		}
+		st.SetReadDeadline(time.Time{})
+		if err := writeStoreFrame(st, in.store.ServeFed(ctx, site, req)); err != nil {
+			return
+		}
+	}
+}
+
 // storeStreamIdle closes a pooled or served store stream unused this long.
 const storeStreamIdle = 2 * time.Minute
 
@@ -32,6 +70,7 @@ const storeStreamIdle = 2 * time.Minute
 func (in *Instance) newStore() (*store.Store, error) {
 	sc := in.cfg.Store
 	in.storeTr = &storeTransport{in: in}
+	in.storeTr.pool = streamPool{in: in, kind: tunnel.KindStore, service: "store"}
 	o := store.Options{
 		Self: in.cfg.Instance, Site: in.cfg.Site, Partitions: sc.Partitions,
 		MaxValueSize: int(sc.MaxValueSize), RequestTimeout: sc.RequestTimeout.D(), JournalRetain: sc.JournalRetain,
@@ -43,7 +82,27 @@ func (in *Instance) newStore() (*store.Store, error) {
 		o.JournalRetain = -1 // keep none beyond what the store needs
 	}
 	for _, s := range sc.Schemes {
-		o.Schemes = append(o.Schemes, store.Scheme{Name: s.Name, BackupCount: s.Backups(), Expiry: s.Expiry.D()})
+		sch := store.Scheme{Name: s.Name, BackupCount: s.Backups(), Expiry: s.Expiry.D()}
+		if s.Federation != "" {
+			for _, e := range in.cfg.FedEdgesFrom(s.Federation) {
+				sch.FedTo = append(sch.FedTo, store.FedLink{Site: e.To, Repeat: e.Repeat})
+			}
+			for _, e := range in.cfg.FedEdgesTo(s.Federation) {
+				sch.FedFrom = append(sch.FedFrom, e.From)
+			}
+		}
+		o.Schemes = append(o.Schemes, sch)
+	}
+	if f := in.cfg.Federation; f.Enabled() {
+		in.fedTr = &streamPool{in: in, kind: tunnel.KindFederation, service: "federation"}
+		o.Fed = store.FedOptions{
+			Transport: &fedTransport{in: in}, Limit: int64(f.Journal.Limit), Policy: f.Journal.Policy,
+			BlockWait: f.Journal.BlockWait.D(), AutoReplicate: f.Journal.AutoReplicate(),
+			BatchSize: f.BatchSize, SendInterval: f.SendInterval.D(),
+		}
+		for _, p := range f.Participants {
+			o.Fed.Participants = append(o.Fed.Participants, store.FedParticipant{Site: p.Site, Initial: p.InitialAction})
+		}
 	}
 	for _, m := range sc.Caches {
 		o.Mappings = append(o.Mappings, store.Mapping{Pattern: m.Pattern, Scheme: m.Scheme})
@@ -116,11 +175,11 @@ func (m *storeMembership) Ready() <-chan struct{} {
 	return m.ready
 }
 
-// storeTransport carries store requests to site members.
+// storeTransport carries store requests to site members, over their relay
+// sessions.
 type storeTransport struct {
 	in   *Instance
-	mu   sync.Mutex
-	idle map[*tunnel.Session][]net.Conn
+	pool streamPool
 }
 
 var errNoMember = errors.New("not a live member of this site")
@@ -145,68 +204,124 @@ func (t *storeTransport) Call(ctx context.Context, name string, req []byte) ([]b
 	if err != nil {
 		return nil, err
 	}
-	st, err := t.stream(ctx, s)
+	out, err := t.pool.call(ctx, s, req)
+	if err != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("store request to %s: %w", name, err)
+	}
+	return out, err
+}
+
+func (t *storeTransport) closeAll() { t.pool.closeAll() }
+
+// streamPool keeps idle request streams of one kind per session: one
+// request at a time per stream, framed as a 4-byte length and the bytes.
+type streamPool struct {
+	in      *Instance
+	kind    tunnel.Kind
+	service string
+
+	mu   sync.Mutex
+	idle map[*tunnel.Session][]net.Conn
+}
+
+// call sends req on a stream of session s and returns the answer.
+func (p *streamPool) call(ctx context.Context, s *tunnel.Session, req []byte) ([]byte, error) {
+	st, err := p.stream(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { st.SetDeadline(time.Now()) })
-	out, err := storeRoundTrip(st, req, t.in.storeFrameLimit())
+	out, err := storeRoundTrip(st, req, p.in.storeFrameLimit())
 	if !stop() || err != nil {
 		st.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("store request to %s: %w", name, err)
+		return nil, err
 	}
-	t.put(s, st)
+	p.put(s, st)
 	return out, nil
 }
 
-func (t *storeTransport) stream(ctx context.Context, s *tunnel.Session) (net.Conn, error) {
-	t.mu.Lock()
-	if l := t.idle[s]; len(l) > 0 {
+func (p *streamPool) stream(ctx context.Context, s *tunnel.Session) (net.Conn, error) {
+	p.mu.Lock()
+	if l := p.idle[s]; len(l) > 0 {
 		st := l[len(l)-1]
-		t.idle[s] = l[:len(l)-1]
-		t.mu.Unlock()
+		p.idle[s] = l[:len(l)-1]
+		p.mu.Unlock()
 		return st, nil
 	}
 	// Forget streams of sessions that ended.
-	for old := range t.idle {
+	for old := range p.idle {
 		select {
 		case <-old.Done():
-			for _, c := range t.idle[old] {
+			for _, c := range p.idle[old] {
 				c.Close()
 			}
-			delete(t.idle, old)
+			delete(p.idle, old)
 		default:
 		}
 	}
-	t.mu.Unlock()
-	return s.OpenStream(ctx, tunnel.Header{Kind: tunnel.KindStore, Tenant: t.in.cfg.Tenant, Service: "store"})
+	p.mu.Unlock()
+	return s.OpenStream(ctx, tunnel.Header{Kind: p.kind, Tenant: p.in.cfg.Tenant, Service: p.service})
 }
 
-func (t *storeTransport) put(s *tunnel.Session, st net.Conn) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.idle == nil {
-		t.idle = map[*tunnel.Session][]net.Conn{}
+func (p *streamPool) put(s *tunnel.Session, st net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.idle == nil {
+		p.idle = map[*tunnel.Session][]net.Conn{}
 	}
-	if len(t.idle[s]) >= 64 {
+	if len(p.idle[s]) >= 64 {
 		st.Close()
 		return
 	}
-	t.idle[s] = append(t.idle[s], st)
+	p.idle[s] = append(p.idle[s], st)
 }
 
-func (t *storeTransport) closeAll() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, l := range t.idle {
+func (p *streamPool) closeAll() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.idle {
 		for _, c := range l {
 			c.Close()
 		}
 	}
-	t.idle = nil
+	p.idle = nil
+}
+
+// fedTransport carries federation batches to a remote site over any live
+// tunnel to one of its instances (the least busy first).
+type fedTransport struct{ in *Instance }
+
+var errNoTunnel = errors.New("no live tunnel to the site")
+
+func (t *fedTransport) Ship(ctx context.Context, site string, req []byte) ([]byte, error) {
+	var cands []*peer
+	for _, p := range t.in.peers.all() {
+		if p.hello.Site == site {
+			cands = append(cands, p)
+		}
+	}
+	if len(cands) == 0 {
+		return nil, fmt.Errorf("federation to %s: %w", site, errNoTunnel)
+	}
+	slices.SortFunc(cands, func(a, b *peer) int { return a.sess.NumStreams() - b.sess.NumStreams() })
+	var errs []error
+	for _, p := range cands {
+		out, err := t.in.fedTr.call(ctx, p.sess, req)
+		if err == nil {
+			return out, nil
+		}
+		errs = append(errs, fmt.Errorf("via %s: %w", p.hello.Instance, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, fmt.Errorf("federation to %s: %w", site, errors.Join(errs...))
 }
 
 // storeFrameLimit is the largest store message accepted: room for a value
