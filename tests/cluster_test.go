@@ -104,6 +104,13 @@ func (c *cluster) procs() []*proc {
 // child; if the test failed, the tail of every process log is printed.
 func startCluster(t *testing.T, bin, ip string) *cluster {
 	t.Helper()
+	return startClusterWith(t, bin, ip, nil)
+}
+
+// startClusterWith is startCluster with each instance's config passed
+// through edit (when not nil) before it is checked and used.
+func startClusterWith(t *testing.T, bin, ip string, edit func(name, cfg string) string) *cluster {
+	t.Helper()
 	c := &cluster{
 		bin: bin, ip: ip, dir: t.TempDir(),
 		http: &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}},
@@ -143,6 +150,15 @@ func startCluster(t *testing.T, bin, ip string) *cluster {
 	}
 	for _, in := range c.insts {
 		in.config = filepath.Join(c.dir, in.name+".yaml")
+		if edit != nil {
+			b, err := os.ReadFile(in.config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(in.config, []byte(edit(in.name, string(b))), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
 		out := runCLI(t, bin, "run", "--config", in.config, "--check")
 		if !strings.Contains(out, "config is valid") {
 			t.Fatalf("sitebridge run --config %s --check: unexpected output %q", in.config, out)

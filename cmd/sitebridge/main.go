@@ -45,6 +45,7 @@ Usage:
   sitebridge tlsgen --out DIR [--spec FILE] [--instance [TENANT:]SITE/NAME[=SAN,...]]... [--force]
   sitebridge status [--admin HOST:PORT] [--token T] [-o text|json]
   sitebridge cache put|get|del|clear|ls ... [--admin HOST:PORT] [--token T] [--scope S]
+  sitebridge fed status|verify|start|stop|pause|resume|replicate-all|start-with-no-backlog ... [--admin HOST:PORT] [--token T]
   sitebridge echo --listen ADDR
   sitebridge version
 
@@ -94,6 +95,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdStatus(ctx, rest, stdout, stderr)
 	case "cache":
 		return cmdCache(ctx, rest, os.Stdin, stdout, stderr)
+	case "fed":
+		return cmdFed(ctx, rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "sitebridge", version())
 		return nil
