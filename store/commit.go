@@ -73,22 +73,27 @@ func (s *service) commitLoop(part int) {
 		// Existence is judged against the data plus the batch's own earlier
 		// changes.
 		overlay := map[[2]string]bool{}
-		overVer := map[[2]string]Version{} // versions written by the batch so far
 		isLive := func(cache, key string) bool {
 			if v, ok := overlay[[2]string{cache, key}]; ok {
 				return v
 			}
 			return p.existed(cache, key, now)
 		}
-		verOf := func(cache, key string) Version {
-			if v, ok := overVer[[2]string{cache, key}]; ok {
-				return v
+		// localOf is the key's current state, the batch's own earlier
+		// changes included; a clear newer than the entry counts as a delete.
+		overCh := map[[2]string]Change{}
+		localOf := func(cache, key string) (Change, bool) {
+			if c, ok := overCh[[2]string{cache, key}]; ok {
+				return c, true
 			}
 			cv := p.clearVer(cache)
 			if v := p.get(cache, key); v != nil && v.ver.Compare(cv) > 0 {
-				return v.ver
+				return Change{Value: v.data, Version: v.ver, Deleted: v.deleted}, true
 			}
-			return cv
+			if !cv.IsZero() {
+				return Change{Version: cv, Deleted: true}, true
+			}
+			return Change{}, false
 		}
 		fedSeq := map[string]uint64{} // positions in senders' journals, batch included
 		fedAt := func(site string) uint64 {
@@ -116,11 +121,14 @@ func (s *service) commitLoop(part int) {
 						continue
 					}
 					if j.Op == opPut || j.Op == opDelete {
-						switch verOf(j.Cache, j.Key).Compare(j.Ver) {
-						case 0:
-							j.Fate = fateDuplicate
-						case 1:
-							j.Fate = fateSuperseded
+						in := Change{Value: j.Value, Version: j.Ver, Deleted: j.Op == opDelete}
+						if local, ok := localOf(j.Cache, j.Key); ok {
+							switch {
+							case local.Version == j.Ver:
+								j.Fate = fateDuplicate
+							case !s.resolver.Wins(j.Cache, j.Key, local, in):
+								j.Fate = fateSuperseded
+							}
 						}
 					}
 					if j.FedSeq > fedAt(j.FedFrom) {
@@ -138,14 +146,15 @@ func (s *service) commitLoop(part int) {
 				case j.Fate != fateApplied || j.Op == opFedMark:
 				case j.Op == opPut:
 					overlay[[2]string{j.Cache, j.Key}] = true
-					overVer[[2]string{j.Cache, j.Key}] = j.Ver
+					overCh[[2]string{j.Cache, j.Key}] = Change{Value: j.Value, Version: j.Ver}
 				case j.Op == opDelete:
 					overlay[[2]string{j.Cache, j.Key}] = false
-					overVer[[2]string{j.Cache, j.Key}] = j.Ver
+					overCh[[2]string{j.Cache, j.Key}] = Change{Version: j.Ver, Deleted: true}
 				case j.Op == opClear:
 					for k := range overlay {
 						if k[0] == j.Cache {
 							overlay[k] = false
+							overCh[k] = Change{Version: j.Ver, Deleted: true}
 						}
 					}
 				}

@@ -55,6 +55,31 @@ var ErrJournalFull = errors.New("federation journal full")
 // participant.
 var ErrUnknownParticipant = errors.New("unknown federation participant")
 
+// Change is one side of a conflict: a key's value, version and whether it
+// is a delete.
+type Change struct {
+	Value   []byte
+	Version Version
+	Deleted bool
+}
+
+// Resolver decides a conflict between the local state of a key and a
+// change arriving from another site. Every site must use the same
+// resolver, so that all reach the same value.
+type Resolver interface {
+	// Wins reports whether incoming replaces local.
+	Wins(cache, key string, local, incoming Change) bool
+}
+
+// LastWriterWins is the default resolver: the newer version wins (hybrid
+// logical clock, then origin site).
+type LastWriterWins struct{}
+
+// Wins implements Resolver.
+func (LastWriterWins) Wins(_, _ string, local, incoming Change) bool {
+	return incoming.Version.Compare(local.Version) > 0
+}
+
 // FedParticipant is a remote site and the state it starts in.
 type FedParticipant struct {
 	Site    string

@@ -28,6 +28,7 @@ type siteSpec struct {
 	limit   int64
 	auto    bool
 	initial map[string]string
+	resolve Resolver
 }
 
 func startFed(t *testing.T, specs ...siteSpec) *fedSites {
@@ -37,6 +38,9 @@ func startFed(t *testing.T, specs ...siteSpec) *fedSites {
 		o := testOptions()
 		o.Schemes = []Scheme{{Name: "default", BackupCount: 1, FedTo: sp.to, FedFrom: sp.from}}
 		o.Fed = FedOptions{Policy: sp.policy, Limit: sp.limit, AutoReplicate: sp.auto, SendInterval: 10 * time.Millisecond}
+		if sp.resolve != nil {
+			o.Resolvers = map[string]Resolver{"default": sp.resolve}
+		}
 		for _, other := range specs {
 			if other.name != sp.name {
 				o.Fed.Participants = append(o.Fed.Participants, FedParticipant{Site: other.name, Initial: sp.initial[other.name]})
@@ -353,4 +357,46 @@ func TestFederationReplicateAll(t *testing.T) {
 	waitState(t, f.store("cloud"), func(s FedStatus) bool {
 		return s.ReplicateAll != nil && s.ReplicateAll.Done == s.ReplicateAll.Total && s.ReplicateAll.Percent == 100
 	})
+}
+
+// largestWins is a custom resolver: the larger value wins, whatever the
+// versions (a delete never wins).
+type largestWins struct{}
+
+func (largestWins) Wins(_, _ string, local, incoming Change) bool {
+	if incoming.Deleted || local.Deleted {
+		return local.Deleted && !incoming.Deleted
+	}
+	return string(incoming.Value) > string(local.Value)
+}
+
+func TestFederationCustomResolver(t *testing.T) {
+	a, b := aa("cloud", "onprem")
+	a.resolve, b.resolve = largestWins{}, largestWins{}
+	f := startFed(t, a, b)
+	ctx := context.Background()
+	// Onprem writes the larger value first; cloud's later, smaller write
+	// loses under this resolver (it would win under last-writer-wins).
+	if err := f.store("onprem").Put(ctx, "", "c", "k", []byte("9-onprem"), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitGet(t, f.store("cloud"), "k")
+	if err := f.store("cloud").Put(ctx, "", "c", "k", []byte("1-cloud"), 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := f.store("onprem").FedStatus(ctx)
+		if len(st) == 1 && st[0].Superseded == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("onprem never judged cloud's write: %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	e, _, _ := f.store("onprem").Get(ctx, "", "c", "k")
+	if string(e.Value) != "9-onprem" {
+		t.Fatalf("onprem holds %q; the resolver should have kept 9-onprem", e.Value)
+	}
 }

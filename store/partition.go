@@ -181,11 +181,15 @@ func (p *partition) apply(j *jentry) {
 			c = map[string]*value{}
 			p.data[j.Cache] = c
 		}
-		if old := c[j.Key]; old != nil && old.ver.Compare(j.Ver) > 0 {
-			break
-		}
-		if cv, ok := p.clears[j.Cache]; ok && cv.Compare(j.Ver) > 0 {
-			break
+		// A change received from another site was judged by the primary
+		// (the resolver); local changes carry the newest versions.
+		if j.FedFrom == "" {
+			if old := c[j.Key]; old != nil && old.ver.Compare(j.Ver) > 0 {
+				break
+			}
+			if cv, ok := p.clears[j.Cache]; ok && cv.Compare(j.Ver) > 0 {
+				break
+			}
 		}
 		if j.Op == opPut {
 			c[j.Key] = &value{data: j.Value, ver: j.Ver, expires: j.Expires}

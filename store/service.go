@@ -76,9 +76,10 @@ type service struct {
 	pmu   []sync.Mutex // pmu[i] guards parts[i]
 	parts []*partition
 
-	fed    *fedState    // nil: the scheme is not federated
-	jbytes atomic.Int64 // journal bytes of every partition held here
-	ctlMu  sync.Mutex   // serialises federation operations at the senior
+	fed      *fedState    // nil: the scheme is not federated
+	resolver Resolver     // conflicts with changes from other sites
+	jbytes   atomic.Int64 // journal bytes of every partition held here
+	ctlMu    sync.Mutex   // serialises federation operations at the senior
 
 	kick   chan struct{} // wakes the senior loop
 	syncCh chan struct{} // wakes the sync loop
@@ -115,7 +116,7 @@ func newService(name string, nparts, backups int, self, site string, mem Members
 		name: name, nparts: nparts, backups: backups, self: self, site: site, mem: mem, tr: tr, clock: clock,
 		log: log.With("service", name), timeout: timeout, retain: retain, tombstone: 10 * time.Minute,
 		tableCh: make(chan struct{}), pmu: make([]sync.Mutex, nparts), parts: make([]*partition, nparts),
-		kick: make(chan struct{}, 1), syncCh: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), syncCh: make(chan struct{}, 1), resolver: LastWriterWins{},
 	}
 	for i := range s.parts {
 		s.parts[i] = newPartition(i, math.MaxUint64)

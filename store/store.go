@@ -53,7 +53,10 @@ type Options struct {
 	Membership     Membership
 	Transport      Transport
 	Fed            FedOptions
-	Log            *slog.Logger
+	// Resolver decides conflicts with changes from other sites, per scheme
+	// name; schemes not named use LastWriterWins.
+	Resolvers map[string]Resolver
+	Log       *slog.Logger
 }
 
 // Store is one member's part of the site store.
@@ -112,6 +115,9 @@ func New(o Options) (*Store, error) {
 			for _, p := range svc.parts {
 				p.purgeTo = 0 // nothing is acknowledged by anyone yet
 			}
+		}
+		if r := o.Resolvers[sc.Name]; r != nil {
+			svc.resolver = r
 		}
 		st.services[sc.Name] = svc
 		st.order = append(st.order, sc.Name)
