@@ -339,6 +339,37 @@ print_table() {
 	done
 }
 
+# fed_check LABEL: a put on a running instance of each site reaches a
+# running instance of the other site (the trades cache is federated
+# active-active), within 30 s.
+fed_check() {
+	local label=$1 from to key site i ok
+	for site in cloud onprem; do
+		from="" to=""
+		for s in "${SB_SERVICES[@]}"; do
+			[[ $(docker inspect -f '{{.State.Running}}' "$(cid "$s")" 2>/dev/null) == true ]] || continue
+			if [[ $s == "$site"* ]]; then [[ -n $from ]] || from=$s; else [[ -n $to ]] || to=$s; fi
+		done
+		[[ -n $from && -n $to ]] || continue
+		key="drill-$label-$site-$(sb_now_ms)"
+		if ! docker exec "$(cid "$from")" /sitebridge cache put --admin 127.0.0.1:9100 trades "$key" "$label" >/dev/null 2>&1; then
+			fail "$label: federation: put on ${SB_SHORT[$from]} failed"
+			continue
+		fi
+		ok=0
+		for ((i = 0; i < 150; i++)); do
+			if [[ $(docker exec "$(cid "$to")" /sitebridge cache get --admin 127.0.0.1:9100 trades "$key" 2>/dev/null) == "$label" ]]; then
+				ok=1
+				break
+			fi
+			sleep 0.2
+		done
+		((ok)) || fail "$label: federation: trades/$key put on ${SB_SHORT[$from]} did not reach ${SB_SHORT[$to]} within 30s"
+		((ok)) && FEDOK=$((FEDOK + 1))
+	done
+	return 0
+}
+
 # --- main ---------------------------------------------------------------
 
 docker image inspect "${SITEBRIDGE_IMAGE:-sitebridge:local}" >/dev/null 2>&1 ||
@@ -376,11 +407,14 @@ VICTIMS=(
 	"cloud1.example.com onprem1.example.org" "cloud1.example.com onprem2.example.org"
 	"cloud2.example.com onprem1.example.org" "cloud2.example.com onprem2.example.org"
 )
+FEDOK=0
+fed_check start
 for set in "${VICTIMS[@]}"; do
 	for method in stop kill; do
 		# shellcheck disable=SC2086 # a set is one or two service names
 		scenario "$method" $set || break 2
 	done
+	fed_check "after-${set// /+}"
 done
 
 echo
@@ -396,3 +430,4 @@ if ((${#FAILURES[@]})); then
 	exit 1
 fi
 echo "drill: every path echoed through the surviving instances in every scenario"
+echo "drill: $FEDOK federated puts reached the other site (trades cache, active-active)"

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -498,3 +499,102 @@ func TestFederationActivePassiveE2E(t *testing.T) {
 	}
 	t.Logf("(e) active -> passive delivered; the passive site's write stayed there")
 }
+
+// TestFederationCentralE2E: three single-instance sites as real processes,
+// a hub and two spokes in a central topology; a change made at one spoke
+// reaches the other through the hub, which repeats it.
+func TestFederationCentralE2E(t *testing.T) {
+	skipUnlessLinux(t)
+	bin := sitebridgeBinary(t)
+	ip := pickLoopback(t)
+	dir := t.TempDir()
+	const tunnelPort, adminBase = 8640, 9640
+	sites := []string{"hub", "spoke1", "spoke2"}
+	args := []string{"tlsgen", "--out", dir}
+	for _, s := range sites {
+		args = append(args, "--instance", fmt.Sprintf("%s/%s-1=localhost,%s", s, s, ip))
+	}
+	runCLI(t, bin, args...)
+	topology := `  topologies:
+    - name: star
+      type: central
+      hub: hub
+      spokes: [spoke1, spoke2]
+`
+	var procs []*proc
+	t.Cleanup(func() {
+		for _, p := range procs {
+			p.stop(t)
+		}
+		if t.Failed() {
+			for _, p := range procs {
+				p.dumpLog(t)
+			}
+		}
+	})
+	clients := map[string]*cacheclient.Client{}
+	for i, s := range sites {
+		var side string
+		if s == "hub" {
+			side = fmt.Sprintf("tunnel: {listen: \"%s:%d\"}\npeers: [{site: spoke1}, {site: spoke2}]\n", ip, tunnelPort)
+		} else {
+			side = fmt.Sprintf("peers: [{site: hub, urls: [\"wss://%s:%d/sitebridge\"]}]\n", ip, tunnelPort)
+		}
+		var parts []string
+		for _, o := range sites {
+			if o != s {
+				parts = append(parts, "{site: "+o+"}")
+			}
+		}
+		cfg := fmt.Sprintf(`instance: %s-1
+site: %s
+tls: {ca: ca.crt, cert: %s-1.crt, key: %s-1.key}
+%sadmin: {listen: "%s:%d"}
+store:
+  schemes: [{name: trades, federation: star}]
+federation:
+  participants: [%s]
+%s`, s, s, s, s, side, ip, adminBase+i, strings.Join(parts, ", "), topology)
+		path := fmt.Sprintf("%s/%s.yaml", dir, s)
+		if err := writeFile(path, cfg); err != nil {
+			t.Fatal(err)
+		}
+		runCLI(t, bin, "run", "--config", path, "--check")
+		p := &proc{name: s, bin: bin, args: []string{"run", "--config", path}, log: fmt.Sprintf("%s/%s.log", dir, s)}
+		procs = append(procs, p)
+		p.start(t)
+		clients[s] = cacheclient.New(fmt.Sprintf("%s:%d", ip, adminBase+i))
+	}
+	defer func() {
+		for _, c := range clients {
+			c.CloseIdleConnections()
+		}
+	}()
+	ctx := t.Context()
+	waitFor(t, "a put at spoke1", 30*time.Second, 100*time.Millisecond, func() error {
+		return clients["spoke1"].Put(ctx, "trades", "from-spoke1", []byte("hello"), 0)
+	})
+	for _, s := range []string{"hub", "spoke2"} {
+		took := waitFor(t, "spoke1's change at "+s, 30*time.Second, 20*time.Millisecond, func() error {
+			v, ok, err := clients[s].Get(ctx, "trades", "from-spoke1")
+			if err == nil && (!ok || string(v) != "hello") {
+				err = fmt.Errorf("not there yet")
+			}
+			return err
+		})
+		t.Logf("(f) spoke1's change reached %s in %v", s, took.Round(time.Millisecond))
+	}
+	// And back the other way, from spoke2 to spoke1.
+	if err := clients["spoke2"].Put(ctx, "trades", "from-spoke2", []byte("world"), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "spoke2's change at spoke1", 30*time.Second, 20*time.Millisecond, func() error {
+		_, ok, err := clients["spoke1"].Get(ctx, "trades", "from-spoke2")
+		if err == nil && !ok {
+			err = fmt.Errorf("not there yet")
+		}
+		return err
+	})
+}
+
+func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o600) }
