@@ -174,10 +174,14 @@ type fedPeer struct {
 	// lost: the partition's backlog for this participant was dropped
 	// (journal limit, policy error); it needs a round of its own, and
 	// until that starts purging ignores the participant for it.
-	lost    []bool
-	lastErr string
-	errAt   time.Time
-	sent    []rateSample
+	lost []bool
+	// roundGen, roundAt: the operator replicate-all round this member
+	// last started, and when (for the ETA).
+	roundGen uint64
+	roundAt  time.Time
+	lastErr  string
+	errAt    time.Time
+	sent     []rateSample
 }
 
 type rateSample struct {
@@ -361,6 +365,9 @@ func (s *service) ship(ctx context.Context, peer *fedPeer, part int, ctl FedCont
 		want := uint64(0) // a round of its own: the mark completes no operator round
 		if gen < ctl.Gen {
 			want = ctl.Gen
+		}
+		if want != 0 && peer.roundGen != want {
+			peer.roundGen, peer.roundAt = want, time.Now()
 		}
 		if !peer.snapOn[part] || peer.snapGen[part] != want {
 			// The round starts: from here on the journal is kept for it.
@@ -827,7 +834,7 @@ type Progress struct {
 	Done       int     `json:"partitions_done"`
 	Total      int     `json:"partitions"`
 	Percent    float64 `json:"percent"`
-	ETASeconds float64 `json:"eta_seconds"`
+	ETASeconds float64 `json:"eta_seconds"` // from the pace so far; 0 when done or not yet known
 }
 
 // fedStatus computes this member's figures.
@@ -907,6 +914,13 @@ func (s *service) fedStatus() []FedStatus {
 		peer.mu.Unlock()
 		if ctl.Gen > 0 {
 			st.ReplicateAll = &Progress{Gen: ctl.Gen, Done: done, Total: st.Partitions}
+			peer.mu.Lock()
+			if peer.roundGen == ctl.Gen && done > 0 && done < st.Partitions {
+				// This member's partitions at the pace of those done.
+				el := now.Sub(peer.roundAt).Seconds()
+				st.ReplicateAll.ETASeconds = el / float64(done) * float64(st.Partitions-done)
+			}
+			peer.mu.Unlock()
 		}
 		out = append(out, st)
 	}
@@ -952,14 +966,15 @@ func mergeFedStatus(all [][]FedStatus) []FedStatus {
 				}
 				o.ReplicateAll.Done += st.ReplicateAll.Done
 				o.ReplicateAll.Total += st.ReplicateAll.Total
+				o.ReplicateAll.ETASeconds = max(o.ReplicateAll.ETASeconds, st.ReplicateAll.ETASeconds)
 			}
 		}
 	}
 	for i := range out {
 		if pr := out[i].ReplicateAll; pr != nil && pr.Total > 0 {
 			pr.Percent = 100 * float64(pr.Done) / float64(pr.Total)
-			if rate := out[i].SendRate; rate > 0 && pr.Done < pr.Total {
-				pr.ETASeconds = float64(out[i].Pending) / rate
+			if pr.Done == pr.Total {
+				pr.ETASeconds = 0
 			}
 		}
 	}
