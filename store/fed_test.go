@@ -400,3 +400,39 @@ func TestFederationCustomResolver(t *testing.T) {
 		t.Fatalf("onprem holds %q; the resolver should have kept 9-onprem", e.Value)
 	}
 }
+
+// TestServeFedRefusals: batches from a site the topology does not take
+// from, with another partition count, of another request type, or
+// malformed, are refused and change nothing.
+func TestServeFedRefusals(t *testing.T) {
+	f := startFed(t,
+		siteSpec{name: "cloud", members: 1, to: []FedLink{{Site: "onprem"}}},
+		siteSpec{name: "onprem", members: 1, from: []string{"cloud"}})
+	st := f.store("onprem")
+	ctx := context.Background()
+	batch := func(nparts int) []byte {
+		return encodeReq(&req{Type: reqFedShip, Service: "default", Part: 1, NParts: nparts, LastSeq: 1,
+			Ops: []jentry{{Seq: 1, Op: opPut, Cache: "c", Key: "evil", Value: []byte("x"), Ver: Version{Wall: 1, Site: "mallory"}}}})
+	}
+	cases := []struct {
+		name string
+		site string
+		b    []byte
+		want byte
+	}{
+		{"site not in the topology", "mallory", batch(31), stRefused},
+		{"partition count differs", "cloud", batch(7), stError},
+		{"not a federation batch", "cloud", encodeReq(&req{Type: reqPushTable, Service: "default"}), stRefused},
+		{"unknown scheme", "cloud", encodeReq(&req{Type: reqFedShip, Service: "nope", NParts: 31}), stRefused},
+		{"garbage", "cloud", []byte{0xff, 0x00, 0x13}, stError},
+	}
+	for _, tc := range cases {
+		a, err := decodeResp(st.ServeFed(ctx, tc.site, tc.b))
+		if err != nil || a.Status != tc.want {
+			t.Errorf("%s: status %v %v, want %d", tc.name, a, err, tc.want)
+		}
+	}
+	if _, ok, _ := st.Get(ctx, "", "c", "evil"); ok {
+		t.Fatal("a refused batch changed data")
+	}
+}
