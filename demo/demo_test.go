@@ -2,6 +2,8 @@ package demo
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"net"
 	"strconv"
 	"strings"
@@ -46,6 +48,7 @@ func TestDemoForwardsAllFourPorts(t *testing.T) {
 	}
 	forwardsAll(t, host, insts)
 	storesPerSite(t, host, insts)
+	metricsAndReadiness(t, host, insts)
 
 	// The failover drill through the admin API: stop each instance in turn,
 	// every other port keeps echoing, the stopped one comes back.
@@ -132,4 +135,42 @@ func forwardsAll(t *testing.T, host string, insts []Instance) {
 
 func roundTrip(addr, line string) error {
 	return drill.Probe(context.Background(), addr, line, 5*time.Second)
+}
+
+// metricsAndReadiness: every instance is ready, and cloud1's /metrics
+// shows its tunnels, the streams the test opened and the federation.
+func metricsAndReadiness(t *testing.T, host string, insts []Instance) {
+	t.Helper()
+	for _, in := range insts {
+		resp, err := http.Get("http://" + net.JoinHostPort(host, strconv.Itoa(in.AdminPort)) + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s /readyz: %s", in.Name, resp.Status)
+		}
+	}
+	resp, err := http.Get("http://" + net.JoinHostPort(host, strconv.Itoa(insts[0].AdminPort)) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	text := string(b)
+	for _, want := range []string{
+		`sitebridge_tunnels_up{peer="onprem1",peer_site="onprem"} 1`,
+		`sitebridge_tunnels_up{peer="onprem2",peer_site="onprem"} 1`,
+		`sitebridge_streams_opened_total{role="accept",service="server-a"}`,
+		`sitebridge_forwarded_bytes_total{direction="to_peer",role="accept",service="server-a"}`,
+		`sitebridge_stream_open_seconds_bucket{service="server-a",le="0.1"}`,
+		`sitebridge_federation_participant_state{participant="onprem",scheme="trades",state="started"} 1`,
+		`sitebridge_federation_pending_entries{participant="onprem",scheme="trades"}`,
+		`sitebridge_instance_running 1`,
+		`sitebridge_tunnel_connects_total{peer_site="onprem"}`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sitebridge/sitebridge/cacheapi"
 	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/store"
@@ -80,6 +81,7 @@ type Supervisor struct {
 	log *slog.Logger
 
 	first *Instance // made by NewSupervisor, run by the first start
+	m     *metrics  // the instance's metrics, across its starts
 
 	mu      sync.Mutex
 	cur     *Instance          // the running instance, or nil when stopped
@@ -97,7 +99,10 @@ func NewSupervisor(cfg *config.Config, log *slog.Logger) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Supervisor{cfg: cfg, log: log, first: in, startCh: make(chan struct{}, 1)}, nil
+	s := &Supervisor{cfg: cfg, log: log, first: in, startCh: make(chan struct{}, 1)}
+	s.m = newMetrics(s)
+	in.m = s.m
+	return s, nil
 }
 
 // errStopped: the instance was stopped through the admin API.
@@ -131,6 +136,9 @@ func (s *Supervisor) Run(ctx context.Context, ready func()) error {
 			// Each start is a new instance: a new epoch, the TLS files
 			// read again.
 			in, err = New(s.cfg, s.log)
+			if in != nil {
+				in.m = s.m
+			}
 		}
 		if err != nil {
 			if first {
@@ -216,6 +224,15 @@ func (s *Supervisor) adminServer() *http.Server {
 		st := s.status()
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "instance": st.Instance, "site": st.Site, "state": st.State})
 	})
+	mux.Handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ready, why := s.ready()
+		code := http.StatusOK
+		if !ready {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, map[string]any{"ready": ready, "instance": s.cfg.Instance, "site": s.cfg.Site, "waiting_for": why})
+	}))
+	mux.Handle("GET /metrics", s.requireToken(promhttp.HandlerFor(s.m.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)})))
 	mux.Handle("GET /api/v1/status", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.status())
 	})))
@@ -258,6 +275,34 @@ func (s *Supervisor) adminServer() *http.Server {
 		WriteTimeout:   s.cfg.Store.RequestTimeout.D() + 30*time.Second,
 		MaxHeaderBytes: 16 << 10,
 	}
+}
+
+// ready reports whether the instance runs, has joined its cluster, and
+// holds a tunnel to at least one instance of each peer site; otherwise it
+// says what it waits for.
+func (s *Supervisor) ready() (bool, []string) {
+	in := s.Current()
+	if in == nil {
+		return false, []string{"the instance is stopped"}
+	}
+	why := []string{}
+	if in.cluster != nil {
+		select {
+		case <-in.cluster.Joined():
+		default:
+			why = append(why, "joining the cluster")
+		}
+	}
+	up := map[string]bool{}
+	for _, p := range in.peers.all() {
+		up[p.hello.Site] = true
+	}
+	for _, p := range s.cfg.Peers {
+		if !up[p.Site] {
+			why = append(why, "a tunnel to site "+p.Site)
+		}
+	}
+	return len(why) == 0, why
 }
 
 // supervisedCache is the cache API of whichever instance runs now; while

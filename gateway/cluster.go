@@ -239,7 +239,7 @@ func (in *Instance) authorizeSiteMember(instance string) tlsgen.Authorize {
 func (in *Instance) serveRelayed(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
 	service := st.Header.Service
 	octx, cancel := context.WithTimeout(ctx, in.cfg.Limits.OpenTimeout.D()/2)
-	out, p, err := in.open(octx, service, false)
+	out, p, _, err := in.open(octx, service, false)
 	cancel()
 	if err != nil {
 		in.log.Warn("relay refused", "member", s.Remote().Instance, "service", service, "reason", err.Error())

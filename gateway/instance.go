@@ -54,6 +54,7 @@ type Instance struct {
 	store   *store.Store // this instance's part of the site store
 	storeTr *storeTransport
 	fedTr   *streamPool // federation streams; nil without federation
+	m       *metrics    // set by the supervisor; nil records nothing
 }
 
 // New prepares an instance from a validated config: it loads the TLS
@@ -333,6 +334,7 @@ func (in *Instance) serveSession(ctx context.Context, s *tunnel.Session, url str
 		return err
 	}
 	log.Info("tunnel up", "epoch", r.Epoch, "services", r.Services)
+	in.m.tunnelUp(r.Site)
 	if url != "" {
 		if urls := s.Members(); len(urls) > 0 {
 			in.dials.announce(r.Site, urls)
@@ -341,8 +343,14 @@ func (in *Instance) serveSession(ctx context.Context, s *tunnel.Session, url str
 	err = s.Serve(ctx, in.serveInbound)
 	in.peers.remove(p)
 	if ctx.Err() != nil {
+		in.m.tunnelDown(r.Site, "stopping")
 		log.Info("tunnel closed", "reason", "instance stopping")
 		return nil
+	}
+	if err == nil {
+		in.m.tunnelDown(r.Site, "closed_by_peer")
+	} else {
+		in.m.tunnelDown(r.Site, "error")
 	}
 	log.Warn("tunnel down", "reason", reason(err))
 	return nil

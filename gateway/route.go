@@ -53,13 +53,17 @@ func (in *Instance) acceptLoop(ctx context.Context, service string, ln net.Liste
 func (in *Instance) handleClient(ctx context.Context, service string, c net.Conn, routed func()) {
 	defer c.Close()
 	octx, cancel := context.WithTimeout(ctx, in.cfg.Limits.OpenTimeout.D())
-	st, p, err := in.open(octx, service, true)
+	start := time.Now()
+	st, p, failed, err := in.open(octx, service, true)
 	cancel()
 	routed()
 	if err != nil {
+		in.m.refused(service, "accept", "no_route")
 		in.log.Warn("client connection refused", "service", service, "client", c.RemoteAddr().String(), "reason", err.Error())
 		return
 	}
+	in.m.opened(service, "accept")
+	in.m.openTook(service, time.Since(start).Seconds(), failed, p == nil)
 	in.forward(ctx, service, c, st, p)
 }
 
@@ -80,7 +84,9 @@ func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn,
 		defer g.stop()
 		c, st = idleConn{c, g}, idleConn{st, g}
 	}
-	tunnel.Splice(c, st)
+	done := in.m.conn(service, "accept")
+	toPeer, fromPeer := tunnel.Splice(c, st)
+	done(toPeer, fromPeer)
 }
 
 // route is one way to reach a service: a tunnel of this instance, or a
@@ -134,7 +140,8 @@ func (in *Instance) routes(service string, relay bool) ([]route, <-chan struct{}
 // when opening fails or the far side refuses, and waiting for a route to
 // appear when there is none, all within ctx's deadline. The peer is nil
 // for a relayed stream.
-func (in *Instance) open(ctx context.Context, service string, relay bool) (net.Conn, *peer, error) {
+// It also returns how many routes failed before the one that worked.
+func (in *Instance) open(ctx context.Context, service string, relay bool) (net.Conn, *peer, int, error) {
 	tried := map[any]bool{}
 	var errs []error
 	for {
@@ -159,9 +166,9 @@ func (in *Instance) open(ctx context.Context, service string, relay bool) (net.C
 				continue
 			case <-ctx.Done():
 				if len(errs) == 0 {
-					return nil, nil, fmt.Errorf("%w %q", errNoPath, service)
+					return nil, nil, 0, fmt.Errorf("%w %q", errNoPath, service)
 				}
-				return nil, nil, fmt.Errorf("every route failed: %w", errors.Join(errs...))
+				return nil, nil, len(errs), fmt.Errorf("every route failed: %w", errors.Join(errs...))
 			}
 		}
 		tried[r.key()] = true
@@ -170,7 +177,7 @@ func (in *Instance) open(ctx context.Context, service string, relay bool) (net.C
 			if r.p == nil {
 				in.log.Debug("client relayed", "service", service, "via", r.relay.Name)
 			}
-			return st, r.p, nil
+			return st, r.p, len(errs), nil
 		}
 		in.log.Debug("stream open failed, trying next route", "service", service, "route", r.String(), "err", err)
 		errs = append(errs, fmt.Errorf("via %s: %w", r, err))
@@ -208,11 +215,13 @@ func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tun
 	log := in.log.With("peer", r.Instance, "service", h.Service)
 	svc, ok := in.connect[h.Service]
 	if !ok {
+		in.m.refused(h.Service, "connect", tunnel.CodeUnknownService.String())
 		log.Warn("stream refused", "code", tunnel.CodeUnknownService.String())
 		st.Refuse(tunnel.CodeUnknownService, fmt.Sprintf("instance %s does not connect service %q", in.cfg.Instance, h.Service))
 		return
 	}
 	if h.Tenant != r.Tenant {
+		in.m.refused(h.Service, "connect", tunnel.CodeForbidden.String())
 		log.Warn("stream refused", "code", tunnel.CodeForbidden.String(), "tenant", h.Tenant)
 		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", h.Tenant))
 		return
@@ -221,6 +230,7 @@ func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tun
 	target, err := (&net.Dialer{}).DialContext(dctx, "tcp", svc.Connect)
 	cancel()
 	if err != nil {
+		in.m.refused(h.Service, "connect", tunnel.CodeTargetUnreachable.String())
 		log.Warn("stream refused", "code", tunnel.CodeTargetUnreachable.String(), "err", err)
 		st.Refuse(tunnel.CodeTargetUnreachable, fmt.Sprintf("instance %s cannot reach service %q", in.cfg.Instance, h.Service))
 		return
@@ -230,5 +240,8 @@ func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tun
 		st.Close()
 		return
 	}
-	tunnel.Splice(st, target)
+	in.m.opened(h.Service, "connect")
+	done := in.m.conn(h.Service, "connect")
+	fromPeer, toPeer := tunnel.Splice(st, target)
+	done(toPeer, fromPeer)
 }

@@ -176,3 +176,14 @@ func (st *Store) PartitionKeys(ctx context.Context, scheme string, part int) ([]
 	})
 	return parseKeyVersions(keys), err
 }
+
+// LocalFedStatus is this member's own federation figures (for the
+// partitions it is primary of), without asking other members: what a
+// metrics scrape of this instance reports.
+func (st *Store) LocalFedStatus() []FedStatus {
+	var out []FedStatus
+	for _, name := range st.order {
+		out = append(out, st.services[name].fedStatus()...)
+	}
+	return out
+}
