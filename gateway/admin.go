@@ -30,6 +30,19 @@ type Status struct {
 	Tunnels  []TunnelStatus `json:"tunnels"`
 	Members  []MemberStatus `json:"members,omitempty"`
 	Services []string       `json:"services_offered"` // connect services whose target passes its health check
+	// Store summarises each scheme's partition table; Federation is this
+	// member's federation figures (the site's: GET /api/v1/federation).
+	Store      []StoreSummary    `json:"store,omitempty"`
+	Federation []store.FedStatus `json:"federation,omitempty"`
+}
+
+// StoreSummary is one scheme's table at a glance.
+type StoreSummary struct {
+	Scheme    string         `json:"scheme"`
+	Backups   int            `json:"backup_count"`
+	Settled   bool           `json:"settled"`
+	Primaries map[string]int `json:"primaries"` // member -> partitions it is primary of
+	Held      int            `json:"partitions_held"`
 }
 
 // TunnelStatus describes one live tunnel.
@@ -69,6 +82,16 @@ func (in *Instance) Status() Status {
 				TunnelURL: m.Meta.TunnelURL, Admin: m.Meta.Admin, Reach: m.Meta.Reach})
 		}
 	}
+	for _, sc := range in.store.Status() {
+		sum := StoreSummary{Scheme: sc.Scheme, Backups: sc.Backups, Settled: sc.Settled, Primaries: sc.Primaries}
+		for _, p := range sc.Partitions {
+			if p.Held {
+				sum.Held++
+			}
+		}
+		st.Store = append(st.Store, sum)
+	}
+	st.Federation = in.store.LocalFedStatus()
 	return st
 }
 

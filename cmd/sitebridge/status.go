@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -81,6 +82,33 @@ func printStatus(w io.Writer, st gateway.Status) {
 		fmt.Fprintf(tw, "MEMBERS (%d)\tGOSSIP\tREACHES\tTUNNEL URL\tADMIN\n", len(st.Members))
 		for _, m := range st.Members {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, m.Addr, list(m.Reach), dash(m.TunnelURL), dash(m.Admin))
+		}
+		tw.Flush()
+	}
+	if len(st.Store) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "STORE SCHEME\tBACKUPS\tTABLE\tPRIMARIES\tHELD HERE\n")
+		for _, sc := range st.Store {
+			state := "settled"
+			if !sc.Settled {
+				state = "moving"
+			}
+			var ps []string
+			for m, n := range sc.Primaries {
+				ps = append(ps, fmt.Sprintf("%s:%d", m, n))
+			}
+			slices.Sort(ps)
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%d\n", sc.Scheme, sc.Backups, state, list(ps), sc.Held)
+		}
+		tw.Flush()
+	}
+	if len(st.Federation) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintf(tw, "FEDERATION (this member)\tPARTICIPANT\tSTATE\tPENDING\tLAG\tLAST ERROR\n")
+		for _, f := range st.Federation {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.1fs\t%s\n", f.Scheme, f.Participant, f.State, f.Pending, f.LagSeconds, dash(f.LastError))
 		}
 		tw.Flush()
 	}
