@@ -1,12 +1,14 @@
-// Command sitebridge-bench measures sitebridge against direct TCP, and its
-// site store against an in-memory map behind the same cache API, on this
-// machine and prints one table of figures with their ratios to the
-// baseline; see package internal/bench.
+// Command sitebridge-bench measures sitebridge against direct TCP, its
+// site store against an in-memory map behind the same cache API, and
+// federation between two sites against local writes, on this machine and
+// prints one table of figures with their ratios to the baseline; see
+// package internal/bench.
 //
-//	sitebridge-bench                   full mode (make bench), about 3-4 minutes
+//	sitebridge-bench                   full mode (make bench), about 4-5 minutes
 //	sitebridge-bench -short            short mode (make bench-short), about 30 s
 //	sitebridge-bench -bin bin/sitebridge -json out.json -wan off
 //	sitebridge-bench -only store       the site store alone
+//	sitebridge-bench -only federation  federation alone, about 80 s (short: 6 s)
 package main
 
 import (

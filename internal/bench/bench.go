@@ -38,22 +38,22 @@ type Options struct {
 	// 40 ms round trip).
 	WANDelay time.Duration
 	// Only, if set, limits the run to these groups (see [Groups]), for
-	// profiling one figure or running the site store alone.
+	// profiling one figure or running the site store or federation alone.
 	Only []string
 	// RelayArgv, if set, starts a reference relay process when followed by
 	// LISTEN=TARGET pairs (see Relay); the loopback figures then have a
 	// reference column.
 	RelayArgv []string
-	// NoLoopback skips the loopback figures and the site store (to run
-	// only the WAN profile).
+	// NoLoopback skips the loopback figures, the site store and
+	// federation (to run only the WAN profile).
 	NoLoopback bool
 	// Progress receives a line per measurement (may be nil).
 	Progress io.Writer
 }
 
 // Groups are the names Options.Only accepts: the loopback groups, then
-// the site store.
-var Groups = []string{"memory", "throughput_1", "throughput_8", "echo", "conns", "store"}
+// the site store and federation.
+var Groups = []string{"memory", "throughput_1", "throughput_8", "echo", "conns", "store", "federation"}
 
 func (o Options) want(group string) bool { return len(o.Only) == 0 || slices.Contains(o.Only, group) }
 
@@ -74,6 +74,7 @@ type params struct {
 	held        int
 	wanTPDur    time.Duration
 	store       storeParams
+	fed         fedParams
 }
 
 func paramsFor(o Options) params {
@@ -82,6 +83,7 @@ func paramsFor(o Options) params {
 		echoWarm: 500, echoN: 10000, echoMax: 4 * time.Second,
 		connWorkers: 4, connDur: 1500 * time.Millisecond, connMax: 40000,
 		held: 1000, wanTPDur: 3 * time.Second, store: storeParamsFor(o.Short),
+		fed: fedParamsFor(o.Short),
 	}
 	if o.Short {
 		p.runs, p.tpDur = 1, 500*time.Millisecond
@@ -100,12 +102,13 @@ type Figure struct {
 	Key        string    `json:"key"`
 	Name       string    `json:"name"`
 	Unit       string    `json:"unit,omitempty"`
-	Direct     *float64  `json:"direct,omitempty"` // the baseline (site store: see StoreResults)
+	Direct     *float64  `json:"direct,omitempty"` // the baseline (site store and federation: see StoreResults)
 	Tunnel     *float64  `json:"tunnel,omitempty"` // what is measured against it
 	Ratio      *float64  `json:"ratio,omitempty"`  // tunnel / direct
 	Target     string    `json:"target,omitempty"`
 	Pass       *bool     `json:"pass,omitempty"`
-	Status     string    `json:"status,omitempty"` // set when there is no value
+	Status     string    `json:"status,omitempty"`   // set when there is no value
+	Baseline   string    `json:"baseline,omitempty"` // what Direct is, when not direct TCP (federation)
 	DirectRuns []float64 `json:"direct_runs,omitempty"`
 	TunnelRuns []float64 `json:"tunnel_runs,omitempty"`
 	// Relay is the reference: two plain TCP relays in a chain (loopback
@@ -145,6 +148,7 @@ type Results struct {
 	Figures  []Figure      `json:"figures"`
 	WAN      *WANResults   `json:"wan,omitempty"`
 	Store    *StoreResults `json:"store,omitempty"`
+	Fed      *FedResults   `json:"federation,omitempty"`
 	Seconds  float64       `json:"seconds"`
 	Problems []string      `json:"problems,omitempty"`
 }
@@ -159,8 +163,6 @@ type ParamsJSON struct {
 	ConnSeconds       float64 `json:"conn_seconds"`
 	HeldConnections   int     `json:"held_connections"`
 }
-
-const notBuilt = "n/a (not built yet)"
 
 // Run measures everything and returns the results. An error means the run
 // could not be made at all; a figure that failed is marked in its Status
@@ -203,12 +205,12 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 			res.Problems = append(res.Problems, "site store: "+res.Store.Status)
 		}
 	}
-	res.Figures = append(res.Figures,
-		Figure{Key: "federation_rate", Name: "federation entries/s", Status: notBuilt},
-		Figure{Key: "federation_lag_p50", Name: "federation lag p50 (fixed rate)", Status: notBuilt},
-		Figure{Key: "federation_lag_p99", Name: "federation lag p99 (fixed rate)", Status: notBuilt},
-		Figure{Key: "replicate_all", Name: "replicate-all, 100,000 entries", Status: notBuilt},
-	)
+	if !o.NoLoopback && o.want("federation") {
+		res.Fed = fedProfile(ctx, o, p, sp, prog)
+		if res.Fed.Status != "ok" {
+			res.Problems = append(res.Problems, "federation: "+res.Fed.Status)
+		}
+	}
 
 	switch {
 	case o.WAN == "off", o.WAN == "auto" && o.Short, !o.wantAny("throughput_1", "throughput_8"):
@@ -225,6 +227,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	figs := res.Figures
 	if res.Store != nil {
 		figs = append(slices.Clone(figs), res.Store.Figures...)
+	}
+	if res.Fed != nil {
+		figs = append(slices.Clone(figs), res.Fed.Figures...)
 	}
 	for _, f := range figs {
 		if strings.HasPrefix(f.Status, "failed") {
@@ -558,10 +563,16 @@ func (f *Figure) check() {
 func WriteTable(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "sitebridge bench: %s mode, %d run(s) per figure, medians; %s, %d CPUs (%s), kernel %s, commit %s\n",
 		r.Mode, r.Runs, r.Machine.GoVersion, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Commit)
-	writeFigures(w, r.Figures)
+	if len(r.Figures) > 0 {
+		writeFigures(w, r.Figures)
+	}
 	if r.Store != nil {
 		fmt.Fprintln(w)
 		writeStore(w, r.Store)
+	}
+	if r.Fed != nil {
+		fmt.Fprintln(w)
+		writeFed(w, r.Fed)
 	}
 	if r.WAN != nil {
 		fmt.Fprintln(w)

@@ -85,6 +85,44 @@
 // fails. The figures have no target. In [StoreResults] Direct is the
 // baseline and Tunnel the store.
 //
+// # Federation
+//
+// The group "federation" (after the site store) measures replication
+// between two sites. It starts cloud1 (site cloud, accepting the tunnel)
+// and onprem1 (site onprem, dialling it), one instance per site and so no
+// cluster and no backups, real processes on a random 127.x.y.z, with the
+// scheme trades (caches "trades*") federated active-active, and waits
+// until an entry put at cloud1 can be read at onprem1. Every write is a
+// 100-byte value put at cloud1 with the Go client; the federation admin
+// API of cloud1 (POST /api/v1/federation/onprem/{op}, GET
+// /api/v1/federation, GET /api/v1/federation/digests) drives and watches
+// the link. In this order, on sites that hold only the probe entry at
+// first (a replicate-all sends the whole scheme):
+//
+//  1. replicate-all: with federation to onprem stopped, 16 writers put
+//     100,000 entries (short mode 10,000); then start and replicate-all,
+//     timed until the status shows the round at 100% with nothing
+//     pending and both sites' digests are equal. Baseline: the time the
+//     writes took. One run;
+//  2. throughput: with federation paused, 16 writers put 50,000 entries
+//     (short 5,000) into one cache (the baseline: local writes/s), the
+//     paused backlog is dropped (start-with-no-backlog) and the link
+//     drained; then the same writers put as many into a new cache with
+//     federation on, timed from the first write until onprem1's cache
+//     listing counts them all (polled every 20 ms): entries/s replicated;
+//  3. lag: 500 writes/s for 10 s (short 200/s for 3 s), each on its
+//     schedule by 8 writers; the time each put is acknowledged is
+//     recorded, and a poller lists onprem1's keys from the first one not
+//     yet seen on, every 2 ms, recording when the listing that first
+//     showed a key was sent. Lag is that time minus the acknowledgement
+//     (0 if the key was seen first); p50 and p99 against the put latency
+//     of the same writes.
+//
+// Throughput and lag runs repeat as the other figures do (3; short 1).
+// In [FedResults] Direct is the baseline, Tunnel the federation figure,
+// and each figure's Baseline says what the baseline is. Every wait is
+// bounded (60 s per phase; short 30 s). The figures have no target.
+//
 // # WAN profile
 //
 // With root and iproute2 (`ip`, `tc`), the throughput figures are measured
