@@ -3,8 +3,8 @@ package demo
 import (
 	"context"
 	"io"
-	"net/http"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
