@@ -58,6 +58,8 @@ const (
 	DefaultHelloTimeout      = 5 * time.Second
 	DefaultOpenTimeout       = 5 * time.Second
 	DefaultMaxPendingPerPort = 1024
+	DefaultMaxConnections    = 4096  // services[].max-connections
+	DefaultMaxStreamsTenant  = 16384 // limits.max-streams-per-tenant
 )
 
 // Config is the configuration of one instance.
@@ -184,6 +186,10 @@ type Service struct {
 	// DialTimeout bounds the dial of Connect. Default 5s (also filled in for
 	// accept services, where it is unused).
 	DialTimeout Duration `yaml:"dial-timeout"`
+	// MaxConnections caps the connections of this service open at once on
+	// this instance: clients of an accept port, or streams from peers to a
+	// connect target. The excess is refused and logged. Default 4096.
+	MaxConnections int `yaml:"max-connections"`
 }
 
 // Admin configures the admin HTTP endpoint.
@@ -222,6 +228,10 @@ type Limits struct {
 	// are waiting for a route (a tunnel to come up, a stream to open); more
 	// are closed at once. Default 1024.
 	MaxPendingPerPort int `yaml:"max-pending-per-port"`
+	// MaxStreamsPerTenant caps the service streams that peers of one
+	// tenant have open on this instance at once, over all their tunnels;
+	// the excess is refused with overloaded. Default 16384.
+	MaxStreamsPerTenant int `yaml:"max-streams-per-tenant"`
 	// IdleTimeout closes a forwarded connection idle for this long.
 	// 0 (default) means never.
 	IdleTimeout Duration `yaml:"idle-timeout"`

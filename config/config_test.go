@@ -973,7 +973,7 @@ func TestSetDefaultsValidate(t *testing.T) {
 		t.Errorf("defaults not applied: %+v", c)
 	}
 
-	c.Services = append(c.Services, Service{Name: "s", Accept: "0.0.0.0:22"})
+	c.Services = append(c.Services, Service{Name: "s", Accept: "0.0.0.0:22", MaxConnections: 1})
 	c.Limits.IdleTimeout = -1
 	err := c.Validate()
 	var errs Errors

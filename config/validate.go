@@ -54,6 +54,7 @@ func (c *Config) applyDefaults(isSet func(path string) bool) {
 
 	for i := range c.Services {
 		dur(fmt.Sprintf("services[%d].dial-timeout", i), &c.Services[i].DialTimeout, DefaultDialTimeout)
+		num(fmt.Sprintf("services[%d].max-connections", i), &c.Services[i].MaxConnections, DefaultMaxConnections)
 	}
 
 	str("admin.listen", &c.Admin.Listen, DefaultAdminListen)
@@ -74,6 +75,7 @@ func (c *Config) applyDefaults(isSet func(path string) bool) {
 	num("limits.max-message-size", &l.MaxMessageSize, DefaultMaxMessageSize)
 	dur("limits.open-timeout", &l.OpenTimeout, DefaultOpenTimeout)
 	num("limits.max-pending-per-port", &l.MaxPendingPerPort, DefaultMaxPendingPerPort)
+	num("limits.max-streams-per-tenant", &l.MaxStreamsPerTenant, DefaultMaxStreamsTenant)
 
 	c.Store.applyDefaults(isSet)
 	c.Federation.applyDefaults(isSet)
@@ -171,6 +173,9 @@ func (c *Config) validate() Errors {
 	v.positive("limits.open-timeout", l.OpenTimeout)
 	if l.MaxPendingPerPort <= 0 {
 		v.add("limits.max-pending-per-port", "must be greater than 0, got %d", l.MaxPendingPerPort)
+	}
+	if l.MaxStreamsPerTenant <= 0 {
+		v.add("limits.max-streams-per-tenant", "must be greater than 0, got %d", l.MaxStreamsPerTenant)
 	}
 	if l.IdleTimeout < 0 {
 		v.add("limits.idle-timeout", "must not be negative")
@@ -273,6 +278,9 @@ func (c *Config) validateServices(v *validator) {
 			v.addr(path+".connect", s.Connect, true, false)
 		}
 		v.positive(path+".dial-timeout", s.DialTimeout)
+		if s.MaxConnections <= 0 {
+			v.add(path+".max-connections", "must be greater than 0, got %d", s.MaxConnections)
+		}
 	}
 }
 

@@ -55,6 +55,8 @@ type Instance struct {
 	storeTr *storeTransport
 	fedTr   *streamPool // federation streams; nil without federation
 	m       *metrics    // set by the supervisor; nil records nothing
+	limits  *connLimits
+	svcMax  map[string]int // services[].max-connections, by name
 }
 
 // New prepares an instance from a validated config: it loads the TLS
@@ -72,7 +74,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Instance, error) {
 		acceptLn: map[string]net.Listener{},
 	}
 	in.peers = newRegistry(log)
+	in.limits = &connLimits{tenantMax: cfg.Limits.MaxStreamsPerTenant, svc: map[string]int{}, tenant: map[string]int{}}
+	in.svcMax = map[string]int{}
 	for _, s := range cfg.Services {
+		in.svcMax[s.Name] = s.MaxConnections
 		if !s.IsAccept() {
 			in.connect[s.Name] = s
 			// Optimistic until the first health check says otherwise.

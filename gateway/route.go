@@ -41,10 +41,26 @@ func (in *Instance) acceptLoop(ctx context.Context, service string, ln net.Liste
 				log.Warn("client connection refused", "client", c.RemoteAddr().String(),
 					"reason", "too many connections waiting for a route (limits.max-pending-per-port)", "refused_so_far", refused)
 			}
+			in.m.refused(service, "accept", "pending_limit")
 			c.Close()
 			continue
 		}
-		in.conns.Go(func() { in.handleClient(ctx, service, c, func() { <-pending }) })
+		if in.limits.acquire(service, "", in.svcMax[service]) != "" {
+			<-pending
+			refused++
+			if refused == 1 || refused%1000 == 0 {
+				log.Warn("client connection refused", "client", c.RemoteAddr().String(),
+					"reason", fmt.Sprintf("service at its limit of %d connections (services[].max-connections)", in.svcMax[service]),
+					"refused_so_far", refused)
+			}
+			in.m.refused(service, "accept", "connection_limit")
+			c.Close()
+			continue
+		}
+		in.conns.Go(func() {
+			defer in.limits.release(service, "")
+			in.handleClient(ctx, service, c, func() { <-pending })
+		})
 	}
 }
 
@@ -226,6 +242,17 @@ func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tun
 		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", h.Tenant))
 		return
 	}
+	if full := in.limits.acquire(h.Service, "tenant/"+r.Tenant, svc.MaxConnections); full != "" {
+		msg := fmt.Sprintf("service %q is at its limit of %d connections (services[].max-connections)", h.Service, svc.MaxConnections)
+		if full == fullTenant {
+			msg = fmt.Sprintf("tenant %q is at its limit of %d streams (limits.max-streams-per-tenant)", r.Tenant, in.cfg.Limits.MaxStreamsPerTenant)
+		}
+		in.m.refused(h.Service, "connect", tunnel.CodeOverloaded.String())
+		log.Warn("stream refused", "code", tunnel.CodeOverloaded.String(), "reason", msg, "tenant", r.Tenant)
+		st.Refuse(tunnel.CodeOverloaded, msg)
+		return
+	}
+	defer in.limits.release(h.Service, "tenant/"+r.Tenant)
 	dctx, cancel := context.WithTimeout(ctx, svc.DialTimeout.D())
 	target, err := (&net.Dialer{}).DialContext(dctx, "tcp", svc.Connect)
 	cancel()
