@@ -6,9 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -130,6 +132,7 @@ func newSession(ws *websocket.Conn, cfg Config, dialer bool, peerCerts []*x509.C
 		time.AfterFunc(100*time.Millisecond, func() { mux.Close() })
 		return nil, err
 	}
+	sess.conn = conn
 	return sess, nil
 }
 
@@ -137,8 +140,31 @@ func newSession(ws *websocket.Conn, cfg Config, dialer bool, peerCerts []*x509.C
 // peer's close frame: a dead peer must not hold up failover.
 type closeNowConn struct {
 	*msgConn
-	ws     *websocket.Conn
-	cancel context.CancelFunc
+	ws      *websocket.Conn
+	cancel  context.CancelFunc
+	readErr atomic.Pointer[error] // the first read error: why the session really ended
+}
+
+func (c *closeNowConn) Read(p []byte) (int, error) {
+	n, err := c.msgConn.Read(p)
+	if err != nil {
+		c.readErr.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// cause adds the first read error to err when that error says more than
+// the end of input (garbage from the peer shows there, while yamux reports
+// whatever failed next, such as a keepalive write).
+func (c *closeNowConn) cause(err error) error {
+	if c == nil {
+		return err
+	}
+	re := c.readErr.Load()
+	if re == nil || errors.Is(*re, io.EOF) || errors.Is(*re, net.ErrClosed) || errors.Is(err, *re) {
+		return err
+	}
+	return fmt.Errorf("%w (first read error: %w)", err, *re)
 }
 
 func (c *closeNowConn) Close() error {

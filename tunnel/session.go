@@ -137,6 +137,7 @@ func (e *RefusedError) Error() string {
 // opened from either end. It is safe for concurrent use.
 type Session struct {
 	cfg    Config
+	conn   *closeNowConn // nil in tests that build sessions over plain pipes
 	mux    *yamux.Session
 	ctrl   net.Conn
 	remote Hello
@@ -308,14 +309,14 @@ func (s *Session) Serve(ctx context.Context, h Handler) error {
 			select {
 			case cerr := <-ctrlErr:
 				if cerr != nil {
-					return cerr
+					return s.conn.cause(cerr)
 				}
 			default:
 			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("tunnel session ended: %w", err)
+			return s.conn.cause(fmt.Errorf("tunnel session ended: %w", err))
 		}
 		select {
 		case s.inbound <- struct{}{}:
