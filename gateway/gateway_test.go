@@ -223,7 +223,18 @@ func TestForwardBothWaysWithHalfClose(t *testing.T) {
 
 func TestLargeTransferIntact(t *testing.T) {
 	e := newEnv(t, "cloud/cloud1", "onprem/onprem1")
-	cloud, onprem := pair(t, e)
+	// 32 MiB each way saturates the tunnel; on a loaded 2-core machine
+	// under -race a keepalive write can then wait longer than dev mode's
+	// 2 s. This test is about the bytes, so it allows 10 s.
+	tolerant := func(addrs func(*config.Config)) func(*config.Config) {
+		return func(c *config.Config) {
+			addrs(c)
+			c.Tunnel.DeadAfter = config.Duration(10 * time.Second)
+		}
+	}
+	cloud := e.start(cloudYAML("cloud1", e.echoB), tolerant(listenOn("127.0.0.1:0", "127.0.0.1:0")))
+	onprem := e.start(onpremYAML("onprem1", e.echoA, wssURL(cloud.TunnelAddr())), tolerant(listenOn("", "127.0.0.1:0")))
+	waitFor(t, "tunnel up", 5*time.Second, func() bool { return tunnels(cloud) == 1 && tunnels(onprem) == 1 })
 	size := 32 << 20
 	if testing.Short() {
 		size = 4 << 20
