@@ -38,6 +38,13 @@ func (in *Instance) serveFed(ctx context.Context, s *tunnel.Session, st *tunnel.
 		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", st.Header.Tenant))
 		return
 	}
+	site := s.Remote().Site
+	in.serveFrames(ctx, s, st, "federation stream closed", func(req []byte) []byte { return in.store.ServeFed(ctx, site, req) })
+}
+
+// serveFrames accepts st and answers the requests on it, one at a time,
+// until the peer closes it, it stays idle for storeStreamIdle, or ctx ends.
+func (in *Instance) serveFrames(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound, closed string, answer func([]byte) []byte) {
 	if err := st.Accept(); err != nil {
 		st.Close()
 		return
@@ -46,18 +53,17 @@ func (in *Instance) serveFed(ctx context.Context, s *tunnel.Session, st *tunnel.
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
 	limit := in.storeFrameLimit()
-	site := s.Remote().Site
 	for {
 		st.SetReadDeadline(time.Now().Add(storeStreamIdle))
 		req, err := readStoreFrame(st, limit)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
-				in.log.Warn("federation stream closed", "peer", s.Remote().Instance, "peer_site", site, "reason", err.Error())
+				in.log.Warn(closed, "peer", s.Remote().Instance, "peer_site", s.Remote().Site, "reason", err.Error())
 			}
 			return
 		}
 		st.SetReadDeadline(time.Time{})
-		if err := writeStoreFrame(st, in.store.ServeFed(ctx, site, req)); err != nil {
+		if err := writeStoreFrame(st, answer(req)); err != nil {
 			return
 		}
 	}
@@ -186,10 +192,8 @@ var errNoMember = errors.New("not a live member of this site")
 
 func (t *storeTransport) member(name string) (ha.Member, error) {
 	if t.in.cluster != nil {
-		for _, m := range t.in.cluster.Members() {
-			if m.Name == name && m.Meta.Relay != "" {
-				return m, nil
-			}
+		if m, ok := t.in.cluster.Member(name); ok && m.Meta.Relay != "" {
+			return m, nil
 		}
 	}
 	return ha.Member{}, fmt.Errorf("store: %s: %w", name, errNoMember)
@@ -366,26 +370,5 @@ func (in *Instance) serveStore(ctx context.Context, s *tunnel.Session, st *tunne
 		st.Refuse(tunnel.CodeUnsupportedKind, "this instance runs no store")
 		return
 	}
-	if err := st.Accept(); err != nil {
-		st.Close()
-		return
-	}
-	defer st.Close()
-	stop := context.AfterFunc(ctx, func() { st.Close() })
-	defer stop()
-	limit := in.storeFrameLimit()
-	for {
-		st.SetReadDeadline(time.Now().Add(storeStreamIdle))
-		req, err := readStoreFrame(st, limit)
-		if err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && ctx.Err() == nil {
-				in.log.Warn("store stream closed", "member", s.Remote().Instance, "reason", err.Error())
-			}
-			return
-		}
-		st.SetReadDeadline(time.Time{})
-		if err := writeStoreFrame(st, in.store.Serve(ctx, req)); err != nil {
-			return
-		}
-	}
+	in.serveFrames(ctx, s, st, "store stream closed", func(req []byte) []byte { return in.store.Serve(ctx, req) })
 }

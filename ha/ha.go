@@ -252,6 +252,14 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// Member returns the live member called name.
+func (c *Cluster) Member(name string) (Member, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.members[name]
+	return m, ok
+}
+
 // update records a joined or updated node; it runs inside memberlist's
 // callbacks, the only place its *Node may be read safely.
 func (c *Cluster) update(n *memberlist.Node) {

@@ -117,10 +117,6 @@ type fedState struct {
 	to    map[string]bool // site -> repeat
 	from  map[string]bool // sites that send to us
 	peers map[string]*fedPeer
-
-	mu      sync.Mutex
-	bytes   int64 // this member's journal bytes, refreshed by journalBytes
-	bytesAt time.Time
 }
 
 func newFedState(o FedOptions, sc Scheme, nparts int) *fedState {

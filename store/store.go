@@ -20,6 +20,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sitebridge/sitebridge/config"
 )
 
 // Scheme is one cache scheme: a distributed service with its own backups.
@@ -168,31 +170,10 @@ func (st *Store) Serve(ctx context.Context, b []byte) []byte {
 // MaxValueSize is the largest value Put accepts.
 func (st *Store) MaxValueSize() int { return st.opts.MaxValueSize }
 
-// matchPattern reports whether name matches a pattern where '*' matches
-// any run of characters.
-func matchPattern(pattern, name string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == name
-	}
-	if !strings.HasPrefix(name, parts[0]) {
-		return false
-	}
-	name = name[len(parts[0]):]
-	for _, mid := range parts[1 : len(parts)-1] {
-		i := strings.Index(name, mid)
-		if i < 0 {
-			return false
-		}
-		name = name[i+len(mid):]
-	}
-	return strings.HasSuffix(name, parts[len(parts)-1])
-}
-
 // schemeOf finds the scheme of an (unscoped) cache name.
 func (st *Store) schemeOf(cache string) (*service, Scheme, error) {
 	for _, m := range st.opts.Mappings {
-		if matchPattern(m.Pattern, cache) {
+		if config.MatchPattern(m.Pattern, cache) {
 			for _, sc := range st.opts.Schemes {
 				if sc.Name == m.Scheme {
 					return st.services[sc.Name], sc, nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,31 +34,39 @@ else 127.0.0.1:9100), --token T (default $SITEBRIDGE_TOKEN), --scope NAME and
 VALUE or KEY that begins with '-'.
 `
 
+// adminConn holds the flags of the commands that talk to an admin
+// endpoint: --admin (default $SITEBRIDGE_ADMIN, else 127.0.0.1:9100),
+// --token (default $SITEBRIDGE_TOKEN) and --timeout.
+type adminConn struct {
+	admin, token string
+	timeout      time.Duration
+}
+
+// addAdminFlags binds the flags to ac.
+func addAdminFlags(fs *flag.FlagSet, ac *adminConn, adminHelp, timeoutHelp string) {
+	fs.StringVar(&ac.admin, "admin", cmp.Or(os.Getenv("SITEBRIDGE_ADMIN"), "127.0.0.1:9100"), adminHelp)
+	fs.StringVar(&ac.token, "token", "", "bearer token of the admin endpoint (default $SITEBRIDGE_TOKEN)")
+	fs.DurationVar(&ac.timeout, "timeout", 10*time.Second, timeoutHelp)
+}
+
+// resolvedToken is --token, else $SITEBRIDGE_TOKEN.
+func (ac *adminConn) resolvedToken() string { return cmp.Or(ac.token, os.Getenv("SITEBRIDGE_TOKEN")) }
+
 // cacheConn holds the flags every cache command takes.
 type cacheConn struct {
-	admin, token, scope string
-	timeout             time.Duration
+	adminConn
+	scope string
 }
 
 func addCacheConnFlags(fs *flag.FlagSet) *cacheConn {
 	cc := &cacheConn{}
-	admin := os.Getenv("SITEBRIDGE_ADMIN")
-	if admin == "" {
-		admin = "127.0.0.1:9100"
-	}
-	fs.StringVar(&cc.admin, "admin", admin, "admin `HOST:PORT` or URL of the instance ($SITEBRIDGE_ADMIN)")
-	fs.StringVar(&cc.token, "token", "", "bearer token of the admin endpoint (default $SITEBRIDGE_TOKEN)")
+	addAdminFlags(fs, &cc.adminConn, "admin `HOST:PORT` or URL of the instance ($SITEBRIDGE_ADMIN)", "give up after `D`")
 	fs.StringVar(&cc.scope, "scope", "", "cache scope `NAME` (default: the instance's default scope)")
-	fs.DurationVar(&cc.timeout, "timeout", 10*time.Second, "give up after `D`")
 	return cc
 }
 
 func (cc *cacheConn) client() *cacheclient.Client {
-	token := cc.token
-	if token == "" {
-		token = os.Getenv("SITEBRIDGE_TOKEN")
-	}
-	return cacheclient.New(cc.admin, cacheclient.WithToken(token), cacheclient.WithScope(cc.scope))
+	return cacheclient.New(cc.admin, cacheclient.WithToken(cc.resolvedToken()), cacheclient.WithScope(cc.scope))
 }
 
 // parseArgs parses flags that may be mixed with positional arguments

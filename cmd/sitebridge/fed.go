@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -42,29 +41,12 @@ var fedOps = []string{
 }
 
 // fedConn holds the flags every fed command takes.
-type fedConn struct {
-	admin, token string
-	timeout      time.Duration
-}
+type fedConn struct{ adminConn }
 
 func addFedConnFlags(fs *flag.FlagSet) *fedConn {
 	fc := &fedConn{}
-	admin := os.Getenv("SITEBRIDGE_ADMIN")
-	if admin == "" {
-		admin = "127.0.0.1:9100"
-	}
-	fs.StringVar(&fc.admin, "admin", admin, "admin `HOST:PORT` or URL of an instance of the site ($SITEBRIDGE_ADMIN)")
-	fs.StringVar(&fc.token, "token", "", "bearer token of the admin endpoint (default $SITEBRIDGE_TOKEN)")
-	fs.DurationVar(&fc.timeout, "timeout", 10*time.Second, "give up on a request after `D`")
+	addAdminFlags(fs, &fc.adminConn, "admin `HOST:PORT` or URL of an instance of the site ($SITEBRIDGE_ADMIN)", "give up on a request after `D`")
 	return fc
-}
-
-// resolvedToken is --token, else $SITEBRIDGE_TOKEN.
-func (fc *fedConn) resolvedToken() string {
-	if fc.token != "" {
-		return fc.token
-	}
-	return os.Getenv("SITEBRIDGE_TOKEN")
 }
 
 func (fc *fedConn) client() (*fedClient, error) {
