@@ -131,6 +131,23 @@ type TLS struct {
 	// Insecure selects plaintext ws:// tunnels. Allowed, but the caller
 	// logs a warning at every start.
 	Insecure bool `yaml:"insecure"`
+	// Renew renews Cert automatically at a smallstep CA. Optional.
+	Renew TLSRenew `yaml:"renew"`
+}
+
+// TLSRenew configures the automatic renewal of this instance's certificate
+// at a smallstep CA (step-ca) that issued it, for example through
+// `sitebridge enroll`. Without CAURL there is no renewal.
+type TLSRenew struct {
+	// CAURL is the https:// URL of the step-ca, such as
+	// https://ca.example.com:9000. Its TLS is verified with tls.ca. The
+	// renewed certificate replaces the file tls.cert (temporary file and
+	// rename in its directory, which must be writable); the key stays.
+	CAURL string `yaml:"ca-url"`
+	// Before is how long before the certificate expires it is renewed.
+	// 0 (default): a third of the certificate's lifetime. More than half
+	// the lifetime counts as half. Only valid with CAURL.
+	Before Duration `yaml:"before"`
 }
 
 // Tunnel configures the tunnels this instance accepts and dials.
@@ -170,15 +187,27 @@ type Peer struct {
 	// wss://host:port/path (ws:// only with tls.insecure). Empty means this
 	// instance only accepts tunnels from that site.
 	URLs []string `yaml:"urls"`
+	// Tenant is the tenant the peer site's certificates name. Default: this
+	// instance's tenant. A shared instance (one with no tenant of its own)
+	// serves several tenants' sites: each peer entry names its tenant, and
+	// a tunnel from that site may only offer and use that tenant's
+	// services. An instance with a tenant also accepts peers whose
+	// certificates name no tenant (shared instances) as its peer site.
+	Tenant string `yaml:"tenant"`
 }
 
 // Service is one forwarded TCP service. Exactly one of Accept and Connect is
 // set: the accepting side listens for clients, the connecting side dials the
 // real server. The same Name pairs both sides.
 type Service struct {
-	// Name is required and unique; 1-64 characters of A-Z, a-z, 0-9, '.',
-	// '_' and '-'.
+	// Name is required and unique per tenant; 1-64 characters of A-Z, a-z,
+	// 0-9, '.', '_' and '-'.
 	Name string `yaml:"name"`
+	// Tenant owns the service: only tunnels of that tenant may offer it
+	// (connect) or carry its clients (accept). Default: this instance's
+	// tenant. Only a shared instance (no tenant of its own) may serve
+	// other tenants' services; each needs a peer site of that tenant.
+	Tenant string `yaml:"tenant"`
 	// Accept is the host:port listened on for clients.
 	Accept string `yaml:"accept"`
 	// Connect is the host:port of the real server.
@@ -190,6 +219,19 @@ type Service struct {
 	// this instance: clients of an accept port, or streams from peers to a
 	// connect target. The excess is refused and logged. Default 4096.
 	MaxConnections int `yaml:"max-connections"`
+}
+
+// ID names the service within the instance: "tenant/name", or just the
+// name when the service belongs to no tenant.
+func (s Service) ID() string { return ServiceID(s.Tenant, s.Name) }
+
+// ServiceID is the ID of service name of tenant: "tenant/name", or name
+// when tenant is empty.
+func ServiceID(tenant, name string) string {
+	if tenant == "" {
+		return name
+	}
+	return tenant + "/" + name
 }
 
 // Admin configures the admin HTTP endpoint.

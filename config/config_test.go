@@ -116,6 +116,9 @@ tls:
   cert: ./cloud-1.crt
   key: cloud-1.key
   insecure: false
+  renew:
+    ca-url: https://ca.corp.example.com:9000/
+    before: 8h
 tunnel:
   listen: 10.0.0.5:8443
   path: /tunnels/v1
@@ -186,6 +189,9 @@ federation:
   send-interval: 10ms
 `,
 		check: func(t *testing.T, c *Config) {
+			if r := c.TLS.Renew; r.CAURL != "https://ca.corp.example.com:9000/" || r.Before.D() != 8*time.Hour {
+				t.Errorf("tls.renew = %+v", r)
+			}
 			s := c.Store
 			if s.Partitions != 1021 || s.MaxValueSize != 4<<20 || s.RequestTimeout.D() != 30*time.Second ||
 				s.JournalRetain != 0 || s.Scope != "acme.prod_1" {
@@ -329,6 +335,78 @@ type invalidConfig struct {
 // invalidConfigs are checked by TestParseInvalid, together with
 // fedInvalidConfigs.
 var invalidConfigs = []invalidConfig{
+	{
+		name: "tls-renew",
+		yaml: `instance: cloud1
+site: cloud
+tls:
+  ca: ca.pem
+  cert: c.pem
+  key: k.pem
+  renew:
+    ca-url: http://ca.example.com:9000
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+`,
+		want: []string{
+			`8: tls.renew.ca-url: invalid URL "http://ca.example.com:9000": scheme must be https`,
+		},
+	},
+	{
+		name: "tls-renew-before-only",
+		yaml: `instance: cloud1
+site: cloud
+tls: {ca: ca.pem, cert: c.pem, key: k.pem, renew: {before: 1h}}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+`,
+		want: []string{
+			`3: tls.renew.before: is set but tls.renew.ca-url is empty`,
+		},
+	},
+	{
+		name: "tls-renew-insecure",
+		yaml: `instance: cloud1
+site: cloud
+tls:
+  insecure: true
+  renew: {ca-url: "https://ca.example.com?x=1"}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+`,
+		want: []string{
+			`5: tls.renew: must not be set with tls.insecure: true`,
+		},
+	},
+	{
+		name: "tls-renew-negative",
+		yaml: `instance: cloud1
+site: cloud
+tls: {ca: ca.pem, cert: c.pem, key: k.pem, renew: {ca-url: "https://ca.example.com?x=1", before: -1s}}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+`,
+		want: []string{
+			`3: tls.renew.ca-url: invalid URL "https://ca.example.com?x=1": must not contain a query or fragment`,
+			`3: tls.renew.before: invalid duration "-1s": must not be negative`,
+		},
+	},
+	{
+		name: "tls-renew-url",
+		yaml: `instance: cloud1
+site: cloud
+tls:
+  ca: ca.pem
+  cert: c.pem
+  key: k.pem
+  renew: {ca-url: "https://user@ca.example.com:99999/#frag"}
+tunnel: {listen: ":8443"}
+peers: [{site: onprem}]
+`,
+		want: []string{
+			`7: tls.renew.ca-url: invalid URL "https://user@ca.example.com:99999/#frag": must not contain user information`,
+		},
+	},
 	{
 		name: "cluster",
 		yaml: `instance: cloud1
@@ -778,6 +856,65 @@ peers:
 			`11: peers[0]: empty list item`,
 		},
 	},
+	{
+		name: "tenants-on-a-tenant-instance",
+		yaml: `instance: a
+site: b
+tenant: acme
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers:
+  - site: c
+  - site: d
+    tenant: globex
+  - site: e
+    tenant: "Bad"
+services:
+  - name: web
+    accept: ":8080"
+  - name: db
+    tenant: globex
+    connect: db:5432
+`,
+		want: []string{
+			`9: peers[1].tenant: is "globex", but this instance belongs to tenant "acme"`,
+			`11: peers[2].tenant: invalid name "Bad"`,
+			`16: services[1].tenant: is "globex", but this instance belongs to tenant "acme"`,
+		},
+	},
+	{
+		name: "tenants-on-a-shared-instance",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443"}
+peers:
+  - site: c
+    tenant: acme
+  - site: d
+    tenant: globex
+services:
+  - name: db
+    tenant: acme
+    accept: ":8080"
+  - name: db
+    tenant: globex
+    accept: ":8081"
+  - name: db
+    tenant: acme
+    connect: db:5432
+  - name: api
+    tenant: initech
+    accept: ":8082"
+  - name: own
+    accept: ":8083"
+`,
+		want: []string{
+			`17: services[2].name: duplicate service name "db" of tenant "acme" (also services[0])`,
+			`21: services[3].tenant: no peer site of tenant "initech"`,
+			`23: services[4].tenant: is not set, and every peer site names a tenant`,
+		},
+	},
 	{name: "empty", yaml: "", want: []string{`0: : empty config file`}},
 	{name: "comments-only", yaml: "# nothing\n\n", want: []string{`0: : empty config file`}},
 	{name: "null-document", yaml: "---\n~\n", want: []string{`2: : empty config file`}},
@@ -1019,5 +1156,37 @@ func TestDuration(t *testing.T) {
 	}
 	if b, _ := Duration(500 * time.Millisecond).MarshalText(); string(b) != "500ms" {
 		t.Errorf("MarshalText = %q", b)
+	}
+}
+
+// TestTenantExamples loads the two-tenant example of config/examples/tenants.
+func TestTenantExamples(t *testing.T) {
+	cloud, err := Load("examples/tenants/cloud.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cloud.Tenant != "" || len(cloud.Peers) != 2 || cloud.Peers[0].Tenant != "acme" || cloud.Peers[1].Tenant != "globex" {
+		t.Errorf("cloud peers = %+v", cloud.Peers)
+	}
+	var ids []string
+	for _, s := range cloud.Services {
+		ids = append(ids, s.ID())
+	}
+	if got := strings.Join(ids, ","); got != "acme/db,globex/db,acme/reports" {
+		t.Errorf("cloud services = %s", got)
+	}
+	for _, name := range []string{"acme", "globex"} {
+		c, err := Load("examples/tenants/" + name + ".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Tenant != name || c.Peers[0].Tenant != name {
+			t.Errorf("%s: tenant %q, peer tenant %q", name, c.Tenant, c.Peers[0].Tenant)
+		}
+		for _, s := range c.Services {
+			if s.Tenant != name {
+				t.Errorf("%s: service %s of tenant %q", name, s.Name, s.Tenant)
+			}
+		}
 	}
 }

@@ -52,7 +52,11 @@ func (c *Config) applyDefaults(isSet func(path string) bool) {
 	dur("tunnel.backoff-max", &t.BackoffMax, DefaultBackoffMax)
 	num("tunnel.window-size", &t.WindowSize, DefaultWindowSize)
 
+	for i := range c.Peers {
+		str(fmt.Sprintf("peers[%d].tenant", i), &c.Peers[i].Tenant, c.Tenant)
+	}
 	for i := range c.Services {
+		str(fmt.Sprintf("services[%d].tenant", i), &c.Services[i].Tenant, c.Tenant)
 		dur(fmt.Sprintf("services[%d].dial-timeout", i), &c.Services[i].DialTimeout, DefaultDialTimeout)
 		num(fmt.Sprintf("services[%d].max-connections", i), &c.Services[i].MaxConnections, DefaultMaxConnections)
 	}
@@ -109,6 +113,18 @@ func (c *Config) validate() Errors {
 		for _, f := range []struct{ key, val string }{{"ca", c.TLS.CA}, {"cert", c.TLS.Cert}, {"key", c.TLS.Key}} {
 			if f.val == "" {
 				v.add("tls."+f.key, "is required unless tls.insecure is true")
+			}
+		}
+	}
+	if r := c.TLS.Renew; r.CAURL != "" || r.Before != 0 {
+		switch {
+		case c.TLS.Insecure:
+			v.add("tls.renew", "must not be set with tls.insecure: true (there is no certificate to renew)")
+		case r.CAURL == "":
+			v.add("tls.renew.before", "is set but tls.renew.ca-url is empty: there is no CA to renew at")
+		default:
+			if msg := checkCAURL(r.CAURL); msg != "" {
+				v.add("tls.renew.ca-url", "%s", msg)
 			}
 		}
 	}
@@ -236,6 +252,9 @@ func (c *Config) validatePeers(v *validator) {
 		for j, u := range p.URLs {
 			v.url(fmt.Sprintf("%s.urls[%d]", path, j), u, c.TLS.Insecure)
 		}
+		if v.name(path+".tenant", p.Tenant, false) && c.Tenant != "" && p.Tenant != c.Tenant {
+			v.add(path+".tenant", "is %q, but this instance belongs to tenant %q: only a shared instance (no tenant) has peers of other tenants", p.Tenant, c.Tenant)
+		}
 		dials = dials || len(p.URLs) > 0
 	}
 	switch {
@@ -253,6 +272,10 @@ func (c *Config) validatePeers(v *validator) {
 
 func (c *Config) validateServices(v *validator) {
 	names := map[string]int{}
+	tenants := map[string]bool{}
+	for _, p := range c.Peers {
+		tenants[p.Tenant] = true
+	}
 	for i, s := range c.Services {
 		path := fmt.Sprintf("services[%d]", i)
 		switch {
@@ -261,10 +284,25 @@ func (c *Config) validateServices(v *validator) {
 		case !validServiceName(s.Name):
 			v.add(path+".name", "invalid service name %q: want 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'", s.Name)
 		default:
-			if j, dup := names[s.Name]; dup {
-				v.add(path+".name", "duplicate service name %q (also services[%d])", s.Name, j)
+			if j, dup := names[s.ID()]; dup {
+				if s.Tenant != "" {
+					v.add(path+".name", "duplicate service name %q of tenant %q (also services[%d])", s.Name, s.Tenant, j)
+				} else {
+					v.add(path+".name", "duplicate service name %q (also services[%d])", s.Name, j)
+				}
 			} else {
-				names[s.Name] = i
+				names[s.ID()] = i
+			}
+		}
+		switch {
+		case s.Tenant != "" && !v.name(path+".tenant", s.Tenant, false):
+		case c.Tenant != "" && s.Tenant != c.Tenant:
+			v.add(path+".tenant", "is %q, but this instance belongs to tenant %q: only a shared instance (no tenant) serves other tenants' services", s.Tenant, c.Tenant)
+		case len(c.Peers) > 0 && !tenants[s.Tenant] && !(c.Tenant != "" && tenants[""]):
+			if s.Tenant == "" {
+				v.add(path+".tenant", "is not set, and every peer site names a tenant (peers[].tenant), so no tunnel could carry this service; set the tenant it belongs to")
+			} else {
+				v.add(path+".tenant", "no peer site of tenant %q (peers[].tenant), so no tunnel could carry this service", s.Tenant)
 			}
 		}
 		switch {
@@ -416,6 +454,29 @@ func checkURL(s string, insecure bool) string {
 		return fmt.Sprintf("invalid URL %q: port must be a number from 1 to 65535", s)
 	case !strings.HasPrefix(u.Path, "/"):
 		return fmt.Sprintf("invalid URL %q: the tunnel path is required (e.g. %s)", s, DefaultTunnelPath)
+	}
+	return ""
+}
+
+// checkCAURL validates the URL of a step-ca: https://host[:port][/path];
+// it returns a problem description or "".
+func checkCAURL(s string) string {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("invalid URL %q", s)
+	case u.Scheme != "https":
+		return fmt.Sprintf("invalid URL %q: scheme must be https", s)
+	case u.Opaque != "" || u.Hostname() == "":
+		return fmt.Sprintf("invalid URL %q: host is required", s)
+	case u.User != nil:
+		return fmt.Sprintf("invalid URL %q: must not contain user information", s)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return fmt.Sprintf("invalid URL %q: must not contain a query or fragment", s)
+	case !validHost(u.Hostname()):
+		return fmt.Sprintf("invalid URL %q: bad host %q", s, u.Hostname())
+	case u.Port() != "" && !validPort(u.Port(), 1):
+		return fmt.Sprintf("invalid URL %q: port must be a number from 1 to 65535", s)
 	}
 	return ""
 }

@@ -3,7 +3,9 @@
 // onprem2 dial both, server A (echo) sits on the on-prem side and server B
 // (echo) on the cloud side. Certificates and config files are generated
 // into a directory (temporary by default) and loaded exactly as
-// `sitebridge run` loads them.
+// `sitebridge run` loads them. The demo also serves a dashboard of all
+// four instances (PortDashboard) with stop/start buttons and a load
+// generator on the federated trades cache (console.go).
 package demo
 
 import (
@@ -13,11 +15,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
 	"text/template"
+	"time"
 
 	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/gateway"
@@ -54,6 +58,7 @@ const (
 	PortCloud2Admin   = 9102
 	PortOnprem1Admin  = 9201
 	PortOnprem2Admin  = 9202
+	PortDashboard     = 9000 // the demo's dashboard (console.go)
 )
 
 // Instance describes one demo instance.
@@ -70,6 +75,14 @@ type Instance struct {
 func (o Options) port(p int) int { return p + o.PortOffset }
 
 func (o Options) addr(p int) string { return net.JoinHostPort(o.Host, strconv.Itoa(o.port(p))) }
+
+// DashboardURL is where the demo's dashboard is served.
+func (o Options) DashboardURL() string {
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	return "http://" + o.addr(PortDashboard) + "/"
+}
 
 // Instances lists the four instances of the topology.
 func (o Options) Instances() []Instance {
@@ -238,15 +251,36 @@ func Run(ctx context.Context, o Options, ready func([]Instance)) error {
 		}
 		echoLns = append(echoLns, ln)
 	}
+	dashLn, err := net.Listen("tcp", o.addr(PortDashboard))
+	if err != nil {
+		for _, l := range echoLns {
+			l.Close()
+		}
+		return fmt.Errorf("dashboard: %w", err)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make([]error, len(gws)+len(echoLns))
+	errs := make([]error, len(gws)+len(echoLns)+1)
 	var bound sync.WaitGroup
 	for i, ln := range echoLns {
 		wg.Go(func() { errs[i] = echo.Serve(ctx, ln) })
 	}
+	con := newConsole(ctx, insts, gws, o.Log)
+	dash := &http.Server{Handler: con.handler(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, MaxHeaderBytes: 16 << 10}
+	wg.Go(func() {
+		if err := dash.Serve(dashLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs[len(errs)-1] = fmt.Errorf("dashboard: %w", err)
+			cancel()
+		}
+	})
+	wg.Go(func() {
+		<-ctx.Done()
+		dash.Close()
+		con.wait()
+	})
 	for i, gw := range gws {
 		bound.Add(1)
 		wg.Go(func() {
@@ -287,6 +321,13 @@ func (o Options) printHelp(dir string, insts []Instance) {
 	for _, in := range insts {
 		fmt.Fprintf(o.Out, "    %-8s sitebridge status --admin %s\n", in.Name, net.JoinHostPort(o.Host, strconv.Itoa(in.AdminPort)))
 	}
+	fmt.Fprintf(o.Out, `
+  Dashboard (open it in a browser): %[1]s
+    every instance and tunnel live, services, federation, cache sizes per site;
+    Stop/Start buttons for the failover drill and a load generator (add trades,
+    random price updates) to watch federation. Each instance also serves its own
+    view on its admin endpoint, e.g. http://%[2]s/
+`, o.DashboardURL(), net.JoinHostPort(o.Host, strconv.Itoa(insts[0].AdminPort)))
 	flags := ""
 	if o.Host != "127.0.0.1" {
 		flags += " --host " + o.Host

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -69,7 +70,7 @@ type MemberStatus struct {
 // Status reports the instance's live tunnels and cluster members.
 func (in *Instance) Status() Status {
 	st := Status{Instance: in.cfg.Instance, Site: in.cfg.Site, Tenant: in.cfg.Tenant, State: "running", Epoch: in.epoch,
-		Tunnels: []TunnelStatus{}, Services: in.offered()}
+		Tunnels: []TunnelStatus{}, Services: in.healthy()}
 	for _, p := range in.peers.all() {
 		st.Tunnels = append(st.Tunnels, TunnelStatus{
 			Peer: p.hello.Instance, Site: p.hello.Site, Epoch: p.hello.Epoch, URL: p.url,
@@ -106,7 +107,11 @@ type Supervisor struct {
 	first *Instance // made by NewSupervisor, run by the first start
 	m     *metrics  // the instance's metrics, across its starts
 
+	live    atomic.Pointer[config.Config] // the config in effect; reloads replace it
+	reloads sync.Mutex                    // serializes reloads
 	mu      sync.Mutex
+	source  ReloadSource       // reads the config file again; nil: no reload
+	level   *slog.LevelVar     // the logger's level, set by reloads; may be nil
 	cur     *Instance          // the running instance, or nil when stopped
 	stop    context.CancelFunc // stops cur
 	startCh chan struct{}      // receives start requests while stopped
@@ -123,6 +128,7 @@ func NewSupervisor(cfg *config.Config, log *slog.Logger) (*Supervisor, error) {
 		return nil, err
 	}
 	s := &Supervisor{cfg: cfg, log: log, first: in, startCh: make(chan struct{}, 1)}
+	s.live.Store(cfg)
 	s.m = newMetrics(s)
 	in.m = s.m
 	return s, nil
@@ -158,7 +164,7 @@ func (s *Supervisor) Run(ctx context.Context, ready func()) error {
 		if !first {
 			// Each start is a new instance: a new epoch, the TLS files
 			// read again.
-			in, err = New(s.cfg, s.log)
+			in, err = New(s.Config(), s.log)
 			if in != nil {
 				in.m = s.m
 			}
@@ -267,6 +273,7 @@ func (s *Supervisor) adminServer() *http.Server {
 		s.log.Warn("instance stop requested (admin API)", "from", r.RemoteAddr)
 		writeJSON(w, http.StatusAccepted, map[string]string{"state": "stopping"})
 	})))
+	mux.Handle("POST /api/v1/reload", s.requireToken(http.HandlerFunc(s.serveReload)))
 	mux.Handle("POST /api/v1/start", s.requireToken(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.Start() {
 			writeJSON(w, http.StatusConflict, map[string]string{"error": "instance is running"})
@@ -289,8 +296,14 @@ func (s *Supervisor) adminServer() *http.Server {
 	})))
 	mux.Handle("GET /api/v1/store/{scheme}/partitions/{part}/journal", s.requireToken(http.HandlerFunc(s.serveJournal)))
 	s.federationRoutes(mux)
+	s.resourceRoutes(mux)  // tunnels, members, services (resources.go)
+	s.dashboardRoutes(mux) // the dashboard page and GET /api/v1/topology (topology.go)
+	// Browsers may not make the admin endpoint act for another web page
+	// (a loopback endpoint without a token is otherwise reachable from any
+	// page open in a local browser): cross-origin unsafe requests are
+	// refused. Clients that are not browsers send no Origin and pass.
 	return &http.Server{
-		Handler:           mux,
+		Handler:           http.NewCrossOriginProtection().Handler(mux),
 		ReadHeaderTimeout: 5 * time.Second,
 		// Cache requests may carry values of up to store.max-value-size and
 		// wait up to store.request-timeout for a failover inside the site.
@@ -316,11 +329,14 @@ func (s *Supervisor) ready() (bool, []string) {
 			why = append(why, "joining the cluster")
 		}
 	}
+	if ok, wait := in.store.Joined(); !ok {
+		why = append(why, "the site store: "+wait)
+	}
 	up := map[string]bool{}
 	for _, p := range in.peers.all() {
 		up[p.hello.Site] = true
 	}
-	for _, p := range s.cfg.Peers {
+	for _, p := range s.Config().Peers {
 		if !up[p.Site] {
 			why = append(why, "a tunnel to site "+p.Site)
 		}

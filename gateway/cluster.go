@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/ha"
 	"github.com/sitebridge/sitebridge/tlsgen"
 	"github.com/sitebridge/sitebridge/tunnel"
@@ -56,8 +57,9 @@ func (in *Instance) meta() ha.Meta {
 	m.Admin = in.adminAddr
 	reach := map[string]bool{}
 	for _, p := range in.peers.all() {
+		t := in.tunnelTenant(p.hello)
 		for _, s := range p.sess.Services() {
-			reach[s] = true
+			reach[config.ServiceID(t, s)] = true
 		}
 	}
 	for s := range reach {
@@ -237,9 +239,9 @@ func (in *Instance) authorizeSiteMember(instance string) tlsgen.Authorize {
 // serveRelayed serves a stream a site member relays to us: it goes out over
 // this instance's own tunnels only (never relayed again, so no loops).
 func (in *Instance) serveRelayed(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
-	service := st.Header.Service
-	octx, cancel := context.WithTimeout(ctx, in.cfg.Limits.OpenTimeout.D()/2)
-	out, p, _, err := in.open(octx, service, false)
+	service := config.ServiceID(st.Header.Tenant, st.Header.Service)
+	octx, cancel := context.WithTimeout(ctx, in.conf().Limits.OpenTimeout.D()/2)
+	out, p, _, err := in.open(octx, st.Header.Tenant, st.Header.Service, false)
 	cancel()
 	if err != nil {
 		in.log.Warn("relay refused", "member", s.Remote().Instance, "service", service, "reason", err.Error())

@@ -4,6 +4,8 @@ import (
 	"context"
 	"slices"
 	"sync"
+
+	"github.com/sitebridge/sitebridge/config"
 )
 
 // dialSet keeps one dial loop running for every tunnel URL this instance
@@ -23,7 +25,7 @@ type dialSet struct {
 
 func newDialSet(ctx context.Context, in *Instance) *dialSet {
 	d := &dialSet{in: in, ctx: ctx, configured: map[string]string{}, discovered: map[string][]string{}, loops: map[string]context.CancelFunc{}}
-	for _, p := range in.cfg.Peers {
+	for _, p := range in.conf().Peers {
 		for _, u := range p.URLs {
 			d.configured[u] = p.Site
 		}
@@ -78,13 +80,35 @@ func (d *dialSet) syncLocked() {
 	}
 }
 
+// configure replaces the configured URLs (a reload): loops of URLs no
+// longer configured or announced stop, new ones start, and what sites no
+// longer dialled announced is forgotten.
+func (d *dialSet) configure(peers []config.Peer) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.configured = map[string]string{}
+	dialled := map[string]bool{}
+	for _, p := range peers {
+		for _, u := range p.URLs {
+			d.configured[u] = p.Site
+		}
+		dialled[p.Site] = len(p.URLs) > 0
+	}
+	for site := range d.discovered {
+		if !dialled[site] {
+			delete(d.discovered, site)
+		}
+	}
+	d.syncLocked()
+}
+
 // wait stops nothing by itself: it waits for every loop after the run
 // context has ended.
 func (d *dialSet) wait() { d.wg.Wait() }
 
 // dialsSite reports whether this instance dials site (has URLs for it).
 func (in *Instance) dialsSite(site string) bool {
-	for _, p := range in.cfg.Peers {
+	for _, p := range in.conf().Peers {
 		if p.Site == site && len(p.URLs) > 0 {
 			return true
 		}

@@ -405,7 +405,7 @@ func TestNoOpenProxy(t *testing.T) {
 		t.Fatal("the secret server was reached through the tunnel")
 	default:
 	}
-	if !strings.Contains(cloud.logs.String(), `msg="stream refused" instance=cloud1 site=cloud peer=onprem1 service=secret code=unknown-service`) {
+	if !strings.Contains(cloud.logs.String(), `msg="stream refused" instance=cloud1 site=cloud peer=onprem1 peer_site=onprem peer_tenant="" service=secret code=unknown-service`) {
 		t.Error("refusal of service \"secret\" not logged")
 	}
 }
@@ -514,7 +514,7 @@ func TestReconnectAfterLongOutageWithinTwoSeconds(t *testing.T) {
 	tunnelAddr, acceptAddr := cloud.TunnelAddr(), cloud.AcceptAddr("server-a")
 	cloud.stop()
 	time.Sleep(4 * time.Second) // the outage itself, not a wait for a condition
-	cloud = e.start(cloudYAML("cloud1", e.echoB), listenOn(tunnelAddr, acceptAddr))
+	e.start(cloudYAML("cloud1", e.echoB), listenOn(tunnelAddr, acceptAddr))
 	took := waitFor(t, "forwarding again", 2*time.Second, func() bool {
 		return roundTrip(onprem.AcceptAddr("server-b"), "back after a long outage\n") == nil
 	})

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -35,16 +37,25 @@ type Instance struct {
 	tls   *tlsgen.Reloader // nil when insecure
 	tcfg  tunnel.Config
 
-	connect map[string]config.Service // services this instance dials, by name
+	// cur holds the parts of the config that a reload may change
+	// (services, peers, connection limits); read them through it, never
+	// through cfg.
+	cur     atomic.Pointer[liveConfig]
+	reloads sync.Mutex // serializes reloads
 	peers   *registry
 
 	// Listeners bound by Run before anything is served.
 	tunnelLn net.Listener
 	// adminAddr is the supervisor's admin address, for cluster metadata.
 	adminAddr string
-	acceptLn  map[string]net.Listener // by service name
+	acceptMu  sync.Mutex
+	acceptLn  map[string]net.Listener // by service ID; changed by reloads under acceptMu
+	acceptEnd bool                    // set under acceptMu when the listeners are closed for good
 
-	conns sync.WaitGroup // client connection handlers
+	conns sync.WaitGroup  // client connection handlers
+	loops sync.WaitGroup  // accept loops, which reloads start and stop
+	run   context.Context // Run's context, for what a reload starts
+	check chan struct{}   // asks the health loop for a check now
 
 	dials   *dialSet    // set by Run
 	cluster *ha.Cluster // nil when clustering is off
@@ -56,7 +67,6 @@ type Instance struct {
 	fedTr   *streamPool // federation streams; nil without federation
 	m       *metrics    // set by the supervisor; nil records nothing
 	limits  *connLimits
-	svcMax  map[string]int // services[].max-connections, by name
 }
 
 // New prepares an instance from a validated config: it loads the TLS
@@ -70,21 +80,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Instance, error) {
 		cfg:      cfg,
 		log:      log,
 		epoch:    uint64(time.Now().UnixNano()),
-		connect:  map[string]config.Service{},
 		acceptLn: map[string]net.Listener{},
+		check:    make(chan struct{}, 1),
 	}
-	in.peers = newRegistry(log)
+	lc := newLiveConfig(cfg)
+	in.cur.Store(lc)
+	in.peers = newRegistry(log, cfg.Tenant)
 	in.limits = &connLimits{tenantMax: cfg.Limits.MaxStreamsPerTenant, svc: map[string]int{}, tenant: map[string]int{}}
-	in.svcMax = map[string]int{}
-	for _, s := range cfg.Services {
-		in.svcMax[s.Name] = s.MaxConnections
-		if !s.IsAccept() {
-			in.connect[s.Name] = s
-			// Optimistic until the first health check says otherwise.
-			in.health.healthy = append(in.health.healthy, s.Name)
-		}
-	}
-	slices.Sort(in.health.healthy)
+	// Optimistic until the first health check says otherwise.
+	in.health.healthy = slices.Sorted(maps.Keys(lc.connect))
 	if cfg.TLS.Insecure {
 		log.Warn("TLS is disabled (tls.insecure: true): tunnels are plaintext and unauthenticated")
 	} else {
@@ -149,10 +153,10 @@ func (in *Instance) bind() error {
 	if in.cfg.Tunnel.Listen != "" {
 		in.tunnelLn = listen("tunnel.listen", in.cfg.Tunnel.Listen)
 	}
-	for _, s := range in.cfg.Services {
+	for _, s := range in.conf().Services {
 		if s.IsAccept() {
-			if ln := listen("service "+s.Name+" accept", s.Accept); ln != nil {
-				in.acceptLn[s.Name] = ln
+			if ln := listen("service "+s.ID()+" accept", s.Accept); ln != nil {
+				in.acceptLn[s.ID()] = ln
 			}
 		}
 	}
@@ -173,16 +177,24 @@ func (in *Instance) closeListeners() {
 	if in.tunnelLn != nil {
 		in.tunnelLn.Close()
 	}
+	in.acceptMu.Lock()
 	for _, ln := range in.acceptLn {
 		ln.Close()
 	}
+	in.acceptEnd = true
+	in.acceptMu.Unlock()
 	if in.relayLn != nil {
 		in.relayLn.Close()
 	}
 }
 
-// AcceptAddr is the bound client address of an accept service, or "".
-func (in *Instance) AcceptAddr(service string) string { return addrOf(in.acceptLn[service]) }
+// AcceptAddr is the bound client address of an accept service (by ID:
+// "tenant/name", or the name of a service without a tenant), or "".
+func (in *Instance) AcceptAddr(service string) string {
+	in.acceptMu.Lock()
+	defer in.acceptMu.Unlock()
+	return addrOf(in.acceptLn[service])
+}
 
 // ClusterAddr is the gossip address of this member, or "" without a cluster.
 func (in *Instance) ClusterAddr() string {
@@ -215,6 +227,9 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 	in.log.Info("instance starting", "epoch", in.epoch, "mode", in.cfg.Mode,
 		"tunnel_listen", in.TunnelAddr())
 
+	// A reload waits until the dialers and accept loops run.
+	in.reloads.Lock()
+	in.run = ctx
 	in.dials = newDialSet(ctx, in)
 	var servers []*http.Server
 	if in.relayLn != nil {
@@ -227,17 +242,21 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 		servers = append(servers, srv)
 		wg.Go(func() { in.serveHTTP(srv, in.tunnelLn, in.tls != nil) })
 	}
-	for name, ln := range in.acceptLn {
-		wg.Go(func() { in.acceptLoop(ctx, name, ln) })
+	in.acceptMu.Lock()
+	for _, svc := range in.conf().Services {
+		if ln := in.acceptLn[svc.ID()]; ln != nil {
+			in.loops.Go(func() { in.acceptLoop(ctx, svc, ln) })
+		}
 	}
-	if len(in.connect) > 0 {
-		wg.Go(func() { in.healthLoop(ctx) })
-	}
+	in.acceptMu.Unlock()
+	in.reloads.Unlock()
+	wg.Go(func() { in.healthLoop(ctx) })
 	if in.cluster != nil {
 		wg.Go(func() { in.cluster.Run(ctx) })
 		wg.Go(func() { in.clusterLoop(ctx) })
 	}
 	wg.Go(func() { in.store.Run(ctx) })
+	wg.Go(func() { in.renewLoop(ctx) })
 	if ready != nil {
 		ready()
 	}
@@ -252,6 +271,9 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 	in.storeTr.closeAll()
 	in.fedTr.closeAll()
 	wg.Wait()
+	in.reloads.Lock() // a reload in progress has finished starting loops
+	in.loops.Wait()
+	in.reloads.Unlock()
 	in.dials.wait()
 	in.conns.Wait()
 	return nil
@@ -269,28 +291,47 @@ func (in *Instance) serveHTTP(srv *http.Server, ln net.Listener, useTLS bool) {
 	}
 }
 
-// allowedSite reports whether site is one of this instance's peer sites.
-func (in *Instance) allowedSite(site string) bool {
-	for _, p := range in.cfg.Peers {
+// peerSite returns the peers entry of site.
+func (in *Instance) peerSite(site string) (config.Peer, bool) {
+	for _, p := range in.conf().Peers {
 		if p.Site == site {
-			return true
+			return p, true
 		}
 	}
-	return false
+	return config.Peer{}, false
+}
+
+// allowedSite reports whether site is one of this instance's peer sites.
+func (in *Instance) allowedSite(site string) bool {
+	_, ok := in.peerSite(site)
+	return ok
+}
+
+// tunnelTenant is the tenant a tunnel to the peer h serves: the peer's
+// tenant, or, for a shared peer (one without a tenant), this instance's.
+// Only that tenant's services are offered and used over the tunnel.
+func (in *Instance) tunnelTenant(h tunnel.Hello) string {
+	if h.Tenant != "" {
+		return h.Tenant
+	}
+	return in.cfg.Tenant
 }
 
 // authorizePeerSite is the TLS authorization of tunnel peers: the peer's
-// certificate must name our trust domain and one of our peer sites.
+// certificate must name our trust domain, one of our peer sites, and the
+// tenant configured for that site (peers[].tenant). An instance with a
+// tenant also accepts a shared instance (no tenant) of its peer site.
 func (in *Instance) authorizePeerSite(want string) tlsgen.Authorize {
 	return func(id tlsgen.Identity) error {
-		if id.Tenant != in.cfg.Tenant {
-			return fmt.Errorf("peer %s belongs to tenant %q, this instance serves tenant %q", id, id.Tenant, in.cfg.Tenant)
-		}
 		if want != "" && id.Site != want {
 			return fmt.Errorf("peer %s is of site %q, expected site %q", id, id.Site, want)
 		}
-		if !in.allowedSite(id.Site) {
+		p, ok := in.peerSite(id.Site)
+		if !ok {
 			return fmt.Errorf("peer %s is of site %q, which is not a configured peer site", id, id.Site)
+		}
+		if id.Tenant != p.Tenant && (id.Tenant != "" || in.cfg.Tenant == "") {
+			return fmt.Errorf("peer %s belongs to tenant %q, but peer site %q is of tenant %q (peers[].tenant)", id, id.Tenant, id.Site, p.Tenant)
 		}
 		return nil
 	}
@@ -338,7 +379,8 @@ func (in *Instance) serveSession(ctx context.Context, s *tunnel.Session, url str
 		s.Close()
 		return err
 	}
-	log.Info("tunnel up", "epoch", r.Epoch, "services", r.Services)
+	log.Info("tunnel up", "epoch", r.Epoch, "tenant", r.Tenant, "services", r.Services)
+	in.checkOffers(log, r, r.Services)
 	in.m.tunnelUp(r.Site)
 	if url != "" {
 		if urls := s.Members(); len(urls) > 0 {

@@ -5,11 +5,18 @@ import "sync"
 // connLimits counts the connections open per service, and the streams
 // peers of each tenant have open, against their limits.
 type connLimits struct {
-	tenantMax int
+	mu        sync.Mutex
+	tenantMax int // changed by reloads
+	svc       map[string]int
+	tenant    map[string]int
+}
 
-	mu     sync.Mutex
-	svc    map[string]int
-	tenant map[string]int
+// setTenantMax changes the per-tenant limit (a reload); streams already
+// open above a lowered limit stay open.
+func (l *connLimits) setTenantMax(n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tenantMax = n
 }
 
 // Which limit refused a connection.

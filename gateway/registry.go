@@ -43,13 +43,14 @@ func (p *peer) sessOrNil() *tunnel.Session {
 // instance, and fences older epochs.
 type registry struct {
 	log     *slog.Logger
+	tenant  string // this instance's tenant
 	mu      sync.Mutex
 	byKey   map[string][]*peer
 	changed chan struct{} // closed and replaced whenever a session is added or removed
 }
 
-func newRegistry(log *slog.Logger) *registry {
-	return &registry{log: log, byKey: map[string][]*peer{}, changed: make(chan struct{})}
+func newRegistry(log *slog.Logger, tenant string) *registry {
+	return &registry{log: log, tenant: tenant, byKey: map[string][]*peer{}, changed: make(chan struct{})}
 }
 
 // add registers s. A session from a newer epoch of an instance closes the
@@ -121,15 +122,21 @@ func (r *registry) remove(p *peer) {
 	r.notifyLocked()
 }
 
-// candidates lists the live sessions whose peer offers service, least
-// busy first, ties in random order, and a channel closed on the next add.
-func (r *registry) candidates(service string) ([]*peer, <-chan struct{}) {
+// candidates lists the live sessions that serve tenant and whose peer
+// offers service, least busy first, ties in random order, and a channel
+// closed on the next add. A session serves the peer's tenant, or, when the
+// peer is shared (no tenant), this instance's.
+func (r *registry) candidates(tenant, service string) ([]*peer, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []*peer
 	for _, list := range r.byKey {
 		for _, p := range list {
-			if p.sess.Offers(service) {
+			t := p.hello.Tenant
+			if t == "" {
+				t = r.tenant
+			}
+			if t == tenant && p.sess.Offers(service) {
 				out = append(out, p)
 			}
 		}

@@ -8,9 +8,14 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/ha"
 	"github.com/sitebridge/sitebridge/tunnel"
 )
+
+// routeRecheck is how often a client waiting for a route looks again at
+// what the live tunnels offer.
+const routeRecheck = 50 * time.Millisecond
 
 // errNoPath: no live tunnel offers the service within the open deadline.
 var errNoPath = errors.New("no live tunnel offers the service")
@@ -18,9 +23,10 @@ var errNoPath = errors.New("no live tunnel offers the service")
 // acceptLoop accepts clients of one accept service until ln is closed. At
 // most limits.max-pending-per-port of them wait for a route at once; the
 // excess is closed at once (a flood must not grow memory without bound).
-func (in *Instance) acceptLoop(ctx context.Context, service string, ln net.Listener) {
+func (in *Instance) acceptLoop(ctx context.Context, svc config.Service, ln net.Listener) {
+	service := svc.ID()
 	log := in.log.With("service", service)
-	pending := make(chan struct{}, in.cfg.Limits.MaxPendingPerPort)
+	pending := make(chan struct{}, in.conf().Limits.MaxPendingPerPort)
 	var refused int
 	for {
 		c, err := ln.Accept()
@@ -45,12 +51,13 @@ func (in *Instance) acceptLoop(ctx context.Context, service string, ln net.Liste
 			c.Close()
 			continue
 		}
-		if in.limits.acquire(service, "", in.svcMax[service]) != "" {
+		max := in.live().maxConns(service)
+		if in.limits.acquire(service, "", max) != "" {
 			<-pending
 			refused++
 			if refused == 1 || refused%1000 == 0 {
 				log.Warn("client connection refused", "client", c.RemoteAddr().String(),
-					"reason", fmt.Sprintf("service at its limit of %d connections (services[].max-connections)", in.svcMax[service]),
+					"reason", fmt.Sprintf("service at its limit of %d connections (services[].max-connections)", max),
 					"refused_so_far", refused)
 			}
 			in.m.refused(service, "accept", "connection_limit")
@@ -59,18 +66,19 @@ func (in *Instance) acceptLoop(ctx context.Context, service string, ln net.Liste
 		}
 		in.conns.Go(func() {
 			defer in.limits.release(service, "")
-			in.handleClient(ctx, service, c, func() { <-pending })
+			in.handleClient(ctx, svc, c, func() { <-pending })
 		})
 	}
 }
 
 // handleClient forwards one client connection over a tunnel.
 // routed is called once the connection has a route or has been refused.
-func (in *Instance) handleClient(ctx context.Context, service string, c net.Conn, routed func()) {
+func (in *Instance) handleClient(ctx context.Context, svc config.Service, c net.Conn, routed func()) {
 	defer c.Close()
-	octx, cancel := context.WithTimeout(ctx, in.cfg.Limits.OpenTimeout.D())
+	service := svc.ID()
+	octx, cancel := context.WithTimeout(ctx, in.conf().Limits.OpenTimeout.D())
 	start := time.Now()
-	st, p, failed, err := in.open(octx, service, true)
+	st, p, failed, err := in.open(octx, svc.Tenant, svc.Name, true)
 	cancel()
 	routed()
 	if err != nil {
@@ -91,7 +99,7 @@ func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn,
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close(); st.Close() })
 	defer stop()
-	if idle := in.cfg.Limits.IdleTimeout.D(); idle > 0 {
+	if idle := in.conf().Limits.IdleTimeout.D(); idle > 0 {
 		g := newIdleGuard(idle, func() {
 			in.log.Info("client connection closed", "service", service, "client", c.RemoteAddr().String(), "reason", "idle timeout")
 			c.Close()
@@ -127,12 +135,13 @@ func (r route) String() string {
 	return "relay " + r.relay.Name
 }
 
-// routes lists the ways to reach service in the order to try them: live
-// tunnels whose far end offers it, least busy first; then, if relay is
-// allowed, members of this site that reach it. The channels are closed at
-// the next change of tunnels or membership.
-func (in *Instance) routes(service string, relay bool) ([]route, <-chan struct{}, <-chan struct{}) {
-	peers, changed := in.peers.candidates(service)
+// routes lists the ways to reach service of tenant in the order to try
+// them: live tunnels of that tenant whose far end offers it, least busy
+// first; then, if relay is allowed, members of this site that reach it.
+// The channels are closed at the next change of tunnels or membership.
+func (in *Instance) routes(tenant, service string, relay bool) ([]route, <-chan struct{}, <-chan struct{}) {
+	peers, changed := in.peers.candidates(tenant, service)
+	id := config.ServiceID(tenant, service)
 	out := make([]route, 0, len(peers))
 	for _, p := range peers {
 		out = append(out, route{p: p})
@@ -144,7 +153,7 @@ func (in *Instance) routes(service string, relay bool) ([]route, <-chan struct{}
 			if m.Name == in.cfg.Instance || m.Meta.Site != in.cfg.Site || m.Meta.Relay == "" {
 				continue
 			}
-			if m.Meta.ReachTruncated || slices.Contains(m.Meta.Reach, service) {
+			if m.Meta.ReachTruncated || slices.Contains(m.Meta.Reach, id) {
 				out = append(out, route{relay: m})
 			}
 		}
@@ -157,11 +166,11 @@ func (in *Instance) routes(service string, relay bool) ([]route, <-chan struct{}
 // appear when there is none, all within ctx's deadline. The peer is nil
 // for a relayed stream.
 // It also returns how many routes failed before the one that worked.
-func (in *Instance) open(ctx context.Context, service string, relay bool) (net.Conn, *peer, int, error) {
+func (in *Instance) open(ctx context.Context, tenant, service string, relay bool) (net.Conn, *peer, int, error) {
 	tried := map[any]bool{}
 	var errs []error
 	for {
-		routes, changed, members := in.routes(service, relay)
+		routes, changed, members := in.routes(tenant, service, relay)
 		var r *route
 		more := false // another untried route remains after r
 		for i := range routes {
@@ -175,12 +184,21 @@ func (in *Instance) open(ctx context.Context, service string, relay bool) (net.C
 			r = &routes[i]
 		}
 		if r == nil {
+			// Wait for a tunnel or member to come, or for a peer to start
+			// offering the service (a services update, which does not
+			// change the registry: look again shortly).
+			recheck := time.NewTimer(routeRecheck)
 			select {
 			case <-changed:
+				recheck.Stop()
 				continue
 			case <-members:
+				recheck.Stop()
+				continue
+			case <-recheck.C:
 				continue
 			case <-ctx.Done():
+				recheck.Stop()
 				if len(errs) == 0 {
 					return nil, nil, 0, fmt.Errorf("%w %q", errNoPath, service)
 				}
@@ -188,7 +206,7 @@ func (in *Instance) open(ctx context.Context, service string, relay bool) (net.C
 			}
 		}
 		tried[r.key()] = true
-		st, err := in.openOn(ctx, *r, service, more)
+		st, err := in.openOn(ctx, *r, tenant, service, more)
 		if err == nil {
 			if r.p == nil {
 				in.log.Debug("client relayed", "service", service, "via", r.relay.Name)
@@ -203,7 +221,7 @@ func (in *Instance) open(ctx context.Context, service string, relay bool) (net.C
 // openOn opens a stream on one route. While other routes remain, one
 // attempt may use only half of the time left, so a far end that hangs (a
 // black-holed target) still leaves time to try the next route.
-func (in *Instance) openOn(ctx context.Context, r route, service string, more bool) (net.Conn, error) {
+func (in *Instance) openOn(ctx context.Context, r route, tenant, service string, more bool) (net.Conn, error) {
 	if d, ok := ctx.Deadline(); ok && more {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Until(d)/2)
@@ -216,7 +234,7 @@ func (in *Instance) openOn(ctx context.Context, r route, service string, more bo
 			return nil, err
 		}
 	}
-	return sess.OpenService(ctx, in.cfg.Tenant, service)
+	return sess.OpenService(ctx, tenant, service)
 }
 
 // serveInbound serves a stream a peer opened: it connects the named
@@ -228,24 +246,38 @@ func (in *Instance) serveInbound(ctx context.Context, s *tunnel.Session, st *tun
 	}
 	h := st.Header
 	r := s.Remote()
-	log := in.log.With("peer", r.Instance, "service", h.Service)
-	svc, ok := in.connect[h.Service]
+	tenant := in.tunnelTenant(r)
+	id := config.ServiceID(h.Tenant, h.Service)
+	log := in.log.With("peer", r.Instance, "peer_site", r.Site, "peer_tenant", r.Tenant, "service", h.Service)
+	if h.Tenant != tenant {
+		in.m.refused(id, "connect", tunnel.CodeForbidden.String())
+		log.Warn("stream refused", "code", tunnel.CodeForbidden.String(), "tenant", h.Tenant,
+			"reason", fmt.Sprintf("the stream names tenant %q, but this tunnel serves tenant %q", h.Tenant, tenant))
+		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", h.Tenant))
+		return
+	}
+	lc := in.live()
+	svc, ok := lc.connect[id]
 	if !ok {
-		in.m.refused(h.Service, "connect", tunnel.CodeUnknownService.String())
+		for _, other := range lc.cfg.Services {
+			if other.Name == h.Service && other.Tenant != tenant {
+				in.m.refused(id, "connect", tunnel.CodeForbidden.String())
+				log.Warn("stream refused", "code", tunnel.CodeForbidden.String(), "tenant", tenant, "owner", other.Tenant,
+					"reason", fmt.Sprintf("service %q belongs to tenant %q; this tunnel serves tenant %q", h.Service, other.Tenant, tenant))
+				st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("service %q is not a service of tenant %q", h.Service, tenant))
+				return
+			}
+		}
+		in.m.refused(id, "connect", tunnel.CodeUnknownService.String())
 		log.Warn("stream refused", "code", tunnel.CodeUnknownService.String())
 		st.Refuse(tunnel.CodeUnknownService, fmt.Sprintf("instance %s does not connect service %q", in.cfg.Instance, h.Service))
 		return
 	}
-	if h.Tenant != r.Tenant {
-		in.m.refused(h.Service, "connect", tunnel.CodeForbidden.String())
-		log.Warn("stream refused", "code", tunnel.CodeForbidden.String(), "tenant", h.Tenant)
-		st.Refuse(tunnel.CodeForbidden, fmt.Sprintf("tenant %q may not be used by this tunnel", h.Tenant))
-		return
-	}
+	h.Service = id // metrics and limits count by ID
 	if full := in.limits.acquire(h.Service, "tenant/"+r.Tenant, svc.MaxConnections); full != "" {
 		msg := fmt.Sprintf("service %q is at its limit of %d connections (services[].max-connections)", h.Service, svc.MaxConnections)
 		if full == fullTenant {
-			msg = fmt.Sprintf("tenant %q is at its limit of %d streams (limits.max-streams-per-tenant)", r.Tenant, in.cfg.Limits.MaxStreamsPerTenant)
+			msg = fmt.Sprintf("tenant %q is at its limit of %d streams (limits.max-streams-per-tenant)", r.Tenant, lc.cfg.Limits.MaxStreamsPerTenant)
 		}
 		in.m.refused(h.Service, "connect", tunnel.CodeOverloaded.String())
 		log.Warn("stream refused", "code", tunnel.CodeOverloaded.String(), "reason", msg, "tenant", r.Tenant)

@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -76,7 +77,10 @@ type Cluster struct {
 	members map[string]Member // kept from memberlist's callbacks, which run under its lock
 	changed chan struct{}
 
-	joined     chan struct{} // closed once a well-known address answered (or none is configured)
+	crashed    atomic.Bool       // gossip was stopped without a leave (tests simulate crashes)
+	reborn     map[string]string // under mu: member -> the new address it spoke from while its old one was still known
+	rejoin     chan string       // addresses Run contacts: reborn members whose old address was declared dead
+	joined     chan struct{}     // closed once a well-known address answered (or none is configured)
 	joinedOnce sync.Once
 }
 
@@ -90,7 +94,8 @@ func Start(cfg Config, meta Meta) (*Cluster, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &Cluster{cfg: cfg, log: cfg.Log, changed: make(chan struct{}), members: map[string]Member{}, joined: make(chan struct{})}
+	c := &Cluster{cfg: cfg, log: cfg.Log, changed: make(chan struct{}), members: map[string]Member{}, joined: make(chan struct{}),
+		reborn: map[string]string{}, rejoin: make(chan string, 16)}
 	if err := c.setMeta(meta); err != nil {
 		return nil, err
 	}
@@ -100,9 +105,18 @@ func Start(cfg Config, meta Meta) (*Cluster, error) {
 	}
 	mc.Name = cfg.Node
 	mc.Label = cfg.Name
+	// A member that died without leaving may come back under its name at
+	// another address (a pod re-created with a new IP). Names are bound to
+	// certificates, so that is the same instance: take it back as soon as
+	// the old address is declared dead, rather than only after memberlist
+	// forgets the dead node (tens of seconds more, during which the site
+	// runs with one copy of that member's partitions). The new address is
+	// learnt at the next state exchange after the old one is declared dead.
+	mc.DeadNodeReclaimTime = time.Millisecond
 	mc.SecretKey = cfg.Key
 	mc.Delegate = delegate{c}
 	mc.Events = delegate{c}
+	mc.Conflict = delegate{c}
 	mc.Logger = slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug)
 	host, port, err := splitHostPort(cfg.Bind)
 	if err != nil {
@@ -174,7 +188,20 @@ func (c *Cluster) Run(ctx context.Context) error {
 		c.join(ctx)
 	}
 	c.joinedOnce.Do(func() { close(c.joined) })
-	<-ctx.Done()
+	for {
+		select {
+		case addr := <-c.rejoin:
+			if _, err := c.ml.Join([]string{addr}); err != nil {
+				c.log.Debug("cluster: contacting a restarted member", "addr", addr, "err", err)
+			}
+			continue
+		case <-ctx.Done():
+		}
+		break
+	}
+	if c.crashed.Load() {
+		return nil
+	}
 	if err := c.ml.Leave(time.Second); err != nil {
 		c.log.Debug("cluster leave", "err", err)
 	}
@@ -331,8 +358,36 @@ func (d delegate) NotifyJoin(n *memberlist.Node) {
 	d.c.update(n)
 }
 
+// NotifyConflict: a member speaks from a new address while its old one is
+// still known (it crashed and was re-created at once). It is taken back
+// when the old address is declared dead (see NotifyLeave).
+func (d delegate) NotifyConflict(existing, other *memberlist.Node) {
+	d.c.log.Info("cluster member restarted at a new address; taken back once the old one is declared dead",
+		"member", other.Name, "old", existing.Address(), "new", other.Address())
+	d.c.mu.Lock()
+	d.c.reborn[other.Name] = other.Address()
+	d.c.mu.Unlock()
+}
+
 func (d delegate) NotifyLeave(n *memberlist.Node) {
-	d.c.log.Warn("cluster member left", "member", n.Name, "addr", n.Address())
+	d.c.mu.Lock()
+	addr, reborn := d.c.reborn[n.Name]
+	delete(d.c.reborn, n.Name)
+	d.c.mu.Unlock()
+	if reborn && addr != n.Address() {
+		select {
+		case d.c.rejoin <- addr: // Run contacts it: memberlist's lock is held here
+		default:
+		}
+	}
+	switch {
+	case n.Name == d.c.cfg.Node:
+		d.c.log.Debug("left the cluster", "member", n.Name)
+	case n.State == memberlist.StateLeft:
+		d.c.log.Info("cluster member left", "member", n.Name, "addr", n.Address(), "reason", "it left (stopping)")
+	default:
+		d.c.log.Warn("cluster member failed", "member", n.Name, "addr", n.Address(), "reason", "it stopped answering and was declared dead")
+	}
 	d.c.remove(n)
 }
 

@@ -9,7 +9,11 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// memberlist's Shutdown does not wait for a probe of a dead node in
+// flight; it ends by itself at the probe timeout.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"))
+}
 
 var key = []byte("0123456789abcdef0123456789abcdef")
 
@@ -104,4 +108,34 @@ func TestMetaTooLargeIsTruncated(t *testing.T) {
 	if !m.ReachTruncated || len(m.Reach) >= 100 {
 		t.Fatalf("reach not truncated: %d entries, truncated %v", len(m.Reach), m.ReachTruncated)
 	}
+}
+
+// TestCrashedMemberRestartsAtNewAddress: a member that dies without
+// leaving and comes back under its name at another address (a pod
+// re-created with a new IP) is taken back as soon as it is declared dead,
+// not after memberlist forgets the dead node.
+func TestCrashedMemberRestartsAtNewAddress(t *testing.T) {
+	a, _ := member(t, "site-cloud", "cloud1", key)
+	b, _ := member(t, "site-cloud", "cloud2", key, a.Addr())
+	waitMembers(t, a, 2)
+	old := b.Addr()
+	b.crashed.Store(true)
+	b.ml.Shutdown() // a crash: no leave message
+	start := time.Now()
+	b2, _ := member(t, "site-cloud", "cloud2", key, a.Addr())
+	if b2.Addr() == old {
+		t.Fatal("the new incarnation has the old address")
+	}
+	deadline := time.Now().Add(40 * time.Second)
+	for {
+		m, ok := a.Member("cloud2")
+		if ok && m.Addr == b2.Addr() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cloud2 at its new address %s not taken back within 40 s (a sees %+v)", b2.Addr(), m)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("taken back at its new address %v after the crash", time.Since(start).Round(time.Millisecond))
 }

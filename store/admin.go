@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -62,6 +63,44 @@ func (st *Store) Status() []ServiceStatus {
 		out = append(out, ss)
 	}
 	return out
+}
+
+// Joined reports whether this member has taken up its share of every
+// scheme: each partition that rendezvous hashing places on it (over the
+// live members) lists it as an owner holding a complete copy. It latches:
+// once true it stays true, so the moves after another member fails do not
+// make the survivors look unready. While false, it names what it waits
+// for. A restarted member is thus "not joined" until it holds its data
+// again, which is what a rolling restart must wait for before stopping the
+// next member.
+func (st *Store) Joined() (bool, string) {
+	for _, name := range st.order {
+		s := st.services[name]
+		if s.joined.Load() {
+			continue
+		}
+		t, _ := s.currentTable()
+		if t == nil {
+			return false, fmt.Sprintf("the partition table of scheme %s", name)
+		}
+		live := s.mem.Members()
+		if !slices.Contains(live, s.self) {
+			live = append(live, s.self)
+		}
+		slices.Sort(live)
+		missing := 0
+		for p := range t.Parts {
+			pt := &t.Parts[p]
+			if slices.Contains(target(p, live, s.backups), s.self) && !slices.Contains(pt.Synced, s.self) {
+				missing++
+			}
+		}
+		if missing > 0 {
+			return false, fmt.Sprintf("%d partitions of scheme %s to be copied here", missing, name)
+		}
+		s.joined.Store(true)
+	}
+	return true, ""
 }
 
 // JournalEntry is a journaled change as the admin API shows it.

@@ -60,6 +60,7 @@ type service struct {
 	nparts    int
 	backups   int
 	self      string
+	joined    atomic.Bool // latched once this member held every partition placed on it
 	site      string
 	mem       Membership
 	tr        Transport
@@ -193,6 +194,17 @@ func (s *service) applyTable(t *Table, force bool) bool {
 				p.committed = min(p.committed, p.lastSeq)
 				if pt.Primary() != prevPrimary {
 					p.committed = 0
+				}
+			}
+			if p.holds && !changed {
+				// A backup this member synced that the senior no longer
+				// counts as synced has lost its copy (it restarted before
+				// anyone noticed it died): sync it again.
+				for m, ok := range p.synced {
+					if ok && slices.Contains(pt.Owners, m) && !slices.Contains(pt.Synced, m) {
+						s.log.Info("store: backup lost its copy; syncing it again", "partition", i, "member", m)
+						p.synced[m] = false
+					}
 				}
 			}
 			if !p.holds && changed {

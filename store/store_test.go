@@ -295,3 +295,102 @@ func TestJournalSurvivesFailoverAndMoves(t *testing.T) {
 	}
 	t.Logf("%d acknowledged writes; journals contiguous and identical on every owner", w.ackedN.Load())
 }
+
+// TestJoinedWaitsForTheCopy: a member that joins (or restarts empty) is
+// not joined until it holds every partition placed on it, and stays
+// joined once it was, through the moves after another member fails.
+func TestJoinedWaitsForTheCopy(t *testing.T) {
+	c := newMemCluster(t, testOptions())
+	defer c.stopAll()
+	a := c.start("a")
+	waitJoined := func(st *Store, name string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			ok, why := st.Joined()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not joined: waiting for %s", name, why)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitJoined(a, "a")
+	ctx := context.Background()
+	for i := range 2000 {
+		if err := a.Put(ctx, "", "trades", fmt.Sprint(i), make([]byte, 512), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := c.start("b")
+	if ok, why := b.Joined(); ok || why == "" {
+		t.Fatalf("b joined at once, before any copy (%q)", why)
+	}
+	waitJoined(b, "b")
+	// Everything b is to hold, it holds.
+	for _, ss := range b.Status() {
+		for _, p := range ss.Partitions {
+			if slices.Contains(p.Owners, "b") && !p.Held {
+				t.Fatalf("b joined without holding partition %d", p.ID)
+			}
+		}
+	}
+	c.start("c")
+	waitJoined(c.store("c"), "c")
+	c.waitSettled(t, 10*time.Second)
+	// a fails: b and c take over its partitions, and stay joined meanwhile.
+	c.kill("a", 50*time.Millisecond)
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, n := range []string{"b", "c"} {
+			if ok, why := c.store(n).Joined(); !ok {
+				t.Fatalf("%s no longer joined after a failed: %s", n, why)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.waitSettled(t, 10*time.Second)
+}
+
+// TestRestartInPlaceRejoins: a member that crashes and comes back under
+// its name before the others notice it died (a container restarted in
+// place) is copied its partitions again and joins, with nothing lost.
+func TestRestartInPlaceRejoins(t *testing.T) {
+	for _, n := range []int{0, 200} {
+		t.Run(fmt.Sprintf("%d-keys", n), func(t *testing.T) {
+			c := newMemCluster(t, testOptions())
+			defer c.stopAll()
+			a := c.start("a")
+			c.start("b")
+			c.waitSettled(t, 10*time.Second)
+			ctx := context.Background()
+			for i := range n {
+				if err := a.Put(ctx, "", "trades", fmt.Sprint(i), []byte("v"), 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.kill("b", time.Hour) // never noticed
+			b := c.start("b")
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				ok, why := b.Joined()
+				if ok {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("b restarted in place did not rejoin: waiting for %s", why)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			c.waitSettled(t, 10*time.Second)
+			c.kill("a", 50*time.Millisecond)
+			for i := range n {
+				if _, ok, err := b.Get(ctx, "", "trades", fmt.Sprint(i)); err != nil || !ok {
+					t.Fatalf("key %d lost after a restart in place and a failover: %v %v", i, ok, err)
+				}
+			}
+		})
+	}
+}

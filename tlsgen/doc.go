@@ -37,4 +37,15 @@
 // themselves (in VerifyConnection) so that the current CA pool is always the
 // one used. Rejections are returned as [*VerifyError] carrying a
 // [RejectReason], for callers to log with errors.As.
+//
+// # Smallstep CA
+//
+// Instead of [Generate], certificates can come from a smallstep CA
+// (step-ca), through its HTTPS API ([CAClient]). [Enroll] gets the first
+// one with a one-time token (as `step ca token` mints them, its SANs
+// holding the identity URI): a new ECDSA P-256 key and a certificate
+// request with exactly the token's SANs, signed at /1.0/sign. A [Renewer]
+// then renews a Reloader's certificate at /1.0/renew, authenticated by the
+// current key pair over mutual TLS, when a third of its lifetime is left,
+// writes the new chain atomically over the certificate file and reloads it.
 package tlsgen

@@ -47,8 +47,10 @@ type Config struct {
 	// Log receives the package's log lines (default: discarded).
 	Log *slog.Logger
 	// Services, if set, is called at each hello to fill Local.Services with
-	// the services this instance offers now.
-	Services func() []string
+	// the services this instance offers now to a peer of peerTenant: the
+	// tenant of the peer's certificate, or of its hello when the peer is
+	// unauthenticated and has spoken first, else "".
+	Services func(peerTenant string) []string
 	// Members, if set, is called at each hello to fill Local.Members with
 	// the current member list of this instance's site.
 	Members func() []string
@@ -137,7 +139,7 @@ func (e *RefusedError) Error() string {
 // opened from either end. It is safe for concurrent use.
 type Session struct {
 	cfg    Config
-	conn   *closeNowConn // nil in tests that build sessions over plain pipes
+	conn   *wsConn // nil in tests that build sessions over plain pipes
 	mux    *yamux.Session
 	ctrl   net.Conn
 	remote Hello
@@ -445,7 +447,11 @@ func handshake(mux *yamux.Session, cfg Config, dialer bool, peerCerts []*x509.Ce
 func (s *Session) localHello() Hello {
 	h := s.cfg.Local
 	if s.cfg.Services != nil {
-		h.Services = s.cfg.Services()
+		tenant := s.peer.Tenant
+		if s.peer == (tlsgen.Identity{}) {
+			tenant = s.remote.Tenant
+		}
+		h.Services = s.cfg.Services(tenant)
 	}
 	if s.cfg.Members != nil {
 		h.Members = s.cfg.Members()

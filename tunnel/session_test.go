@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // pki is a CA with certificates for cloud1 and onprem1, in a temp dir.
 type pki struct{ dir string }
 
-func newPKI(t *testing.T) pki {
+func newPKI(t testing.TB) pki {
 	t.Helper()
 	dir := t.TempDir()
 	spec := tlsgen.Spec{Instances: []tlsgen.InstanceSpec{
@@ -38,7 +38,7 @@ func newPKI(t *testing.T) pki {
 	return pki{dir}
 }
 
-func (p pki) reloader(t *testing.T, name string) *tlsgen.Reloader {
+func (p pki) reloader(t testing.TB, name string) *tlsgen.Reloader {
 	t.Helper()
 	r, err := tlsgen.NewReloader(p.dir+"/ca.crt", p.dir+"/"+name+".crt", p.dir+"/"+name+".key", nil)
 	if err != nil {
@@ -77,14 +77,20 @@ func echoHandler(ctx context.Context, s *Session, in *Inbound) {
 }
 
 // server runs an accepting tunnel endpoint for cloud1 on loopback. Every
-// session is served with echoHandler; sessions are sent on the channel.
+// session is served with echoHandler (startServer) or the given handler
+// (startServerWith); sessions are sent on the channel.
 type server struct {
 	url      string
 	sessions chan *Session
 	log      *syncBuffer
 }
 
-func startServer(t *testing.T, p pki, cfg Config) *server {
+func startServer(t testing.TB, p pki, cfg Config) *server {
+	return startServerWith(t, p, cfg, echoHandler)
+}
+
+// startServerWith is startServer with another handler for the sessions.
+func startServerWith(t testing.TB, p pki, cfg Config, h Handler) *server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -98,7 +104,7 @@ func startServer(t *testing.T, p pki, cfg Config) *server {
 	var wg sync.WaitGroup
 	ts := &Server{Config: cfg, OnSession: func(sess *Session) {
 		s.sessions <- sess
-		sess.Serve(ctx, echoHandler)
+		sess.Serve(ctx, h)
 	}}
 	tc := p.reloader(t, "cloud1").ServerConfig(func(tlsgen.Identity) error { return nil })
 	tc.NextProtos = []string{"http/1.1"}
@@ -116,13 +122,13 @@ func dialConfig() Config {
 	return Config{Local: Hello{Instance: "onprem1", Site: "onprem", Epoch: 1, Services: []string{"server-a"}}}
 }
 
-func clientTLS(t *testing.T, p pki, name string) *tls.Config {
+func clientTLS(t testing.TB, p pki, name string) *tls.Config {
 	tc := p.reloader(t, name).ClientConfig("localhost", func(tlsgen.Identity) error { return nil })
 	tc.NextProtos = []string{"http/1.1"}
 	return tc
 }
 
-func dial(t *testing.T, p pki, srv *server, cfg Config) *Session {
+func dial(t testing.TB, p pki, srv *server, cfg Config) *Session {
 	t.Helper()
 	sess, err := Dial(context.Background(), srv.url, clientTLS(t, p, "onprem1"), cfg)
 	if err != nil {

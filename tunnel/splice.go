@@ -23,12 +23,13 @@ func halfClose(c net.Conn) {
 
 // spliceChunk is the most a pipe reads at once: one yamux data frame of
 // this size plus its header is exactly one WebSocket message of maxWSWrite
-// bytes (see msgConn).
+// bytes (see wsConn), four full TLS records with the frame header.
 const spliceChunk = maxWSWrite - yamuxHeaderLen
 
 // copyBufs holds the copy buffers of every pipe. A pipe holds one only
 // while bytes flow: an idle forwarded connection waits for input without a
-// buffer (see pipe), which keeps a held connection cheap.
+// buffer (see pipe), and its stream side without a goroutine either (see
+// streamPipe), which keeps a held connection cheap.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, spliceChunk); return &b }}
 
 // Splice copies bytes both ways between a and b until both directions have
@@ -36,11 +37,25 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, spliceChunk); retur
 // side's write half is shut down and the opposite direction keeps flowing.
 // It closes both connections before it returns, and reports the bytes
 // copied from a to b and from b to a.
+//
+// The direction that reads a tunnel stream does not keep a goroutine while
+// the stream is idle (see streamPipe); the other direction runs on the
+// caller's goroutine.
 func Splice(a, b net.Conn) (aToB, bToA int64) {
-	done := make(chan int64, 1)
-	go func() { done <- pipe(b, a) }()
-	bToA = pipe(a, b)
-	aToB = <-done
+	if p := parkedPipe(a, b); p != nil {
+		bToA = pipe(a, b)
+		p.takeOver()
+		aToB = p.n
+	} else if p := parkedPipe(b, a); p != nil {
+		aToB = pipe(b, a)
+		p.takeOver()
+		bToA = p.n
+	} else {
+		done := make(chan int64, 1)
+		go func() { done <- pipe(b, a) }()
+		bToA = pipe(a, b)
+		aToB = <-done
+	}
 	a.Close()
 	b.Close()
 	return aToB, bToA

@@ -41,6 +41,56 @@ func streamPair(t *testing.T) (opener, receiver *yamux.Stream) {
 	return opener, receiver
 }
 
+// wsStreamPair returns the two ends of one yamux stream between two
+// sessions over wsConn on loopback TCP, as in a tunnel (without TLS): a
+// splice of the receiver parks while the stream is idle.
+func wsStreamPair(t *testing.T) (opener, receiver *yamux.Stream) {
+	t.Helper()
+	cli, srv := wsMuxPair(t)
+	opener, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opener.Write(nil) // the SYN
+	receiver, err = srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opener, receiver
+}
+
+// wsMuxPair returns two yamux sessions over wsConn on loopback TCP, the
+// dialling end first.
+func wsMuxPair(t *testing.T, tweak ...func(*yamux.Config)) (cli, srv *yamux.Session) {
+	t.Helper()
+	a, b := tcpPair(t)
+	ca, cb := newWSConn(a, nil, true, 0), newWSConn(b, nil, false, 0)
+	mc := Config{}.withDefaults().muxConfig()
+	for _, f := range tweak {
+		f(mc)
+	}
+	cli, err := yamux.Client(ca, mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchFrames(cli, ca)
+	srv, err = yamux.Server(cb, mc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watchFrames(srv, cb)
+	t.Cleanup(func() { cli.Close(); srv.Close() })
+	return cli, srv
+}
+
+// streamPairs are the kinds of stream the splice tests run with: over a
+// plain in-memory connection (both directions of a splice keep a
+// goroutine) and over wsConn (the stream side parks).
+var streamPairs = []struct {
+	name string
+	pair func(*testing.T) (opener, receiver *yamux.Stream)
+}{{"pipe", streamPair}, {"wsconn", wsStreamPair}}
+
 // tcpPair returns the two ends of a loopback TCP connection.
 func tcpPair(t *testing.T) (client, server *net.TCPConn) {
 	t.Helper()
@@ -100,8 +150,14 @@ func TestStreamZeroRead(t *testing.T) {
 // connection and a yamux stream, with a pause (pipes idle without a
 // buffer) and half-close in each direction.
 func TestSpliceTCPAndStream(t *testing.T) {
+	for _, k := range streamPairs {
+		t.Run(k.name, func(t *testing.T) { testSpliceTCPAndStream(t, k.pair) })
+	}
+}
+
+func testSpliceTCPAndStream(t *testing.T, pair func(*testing.T) (opener, receiver *yamux.Stream)) {
 	client, tcpEnd := tcpPair(t)
-	far, streamEnd := streamPair(t)
+	far, streamEnd := pair(t)
 	type counts struct{ aToB, bToA int64 }
 	done := make(chan counts, 1)
 	go func() {
@@ -156,8 +212,14 @@ func TestSpliceTCPAndStream(t *testing.T) {
 // TestSpliceDeadline: a read deadline on the TCP side ends that direction
 // with an error, which closes both connections, as with a plain Read.
 func TestSpliceDeadline(t *testing.T) {
+	for _, k := range streamPairs {
+		t.Run(k.name, func(t *testing.T) { testSpliceDeadline(t, k.pair) })
+	}
+}
+
+func testSpliceDeadline(t *testing.T, pair func(*testing.T) (opener, receiver *yamux.Stream)) {
 	client, tcpEnd := tcpPair(t)
-	far, streamEnd := streamPair(t)
+	far, streamEnd := pair(t)
 	tcpEnd.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	done := make(chan struct{})
 	go func() {

@@ -6,8 +6,11 @@
 //	sitebridge drill                    the failover drill against the demo (or --target ...)
 //	sitebridge run --config FILE        run one instance
 //	sitebridge run --config FILE --check   validate a config and exit
+//	sitebridge run --config FILE --expand-env   fill ${VAR} in the config from the environment
 //	sitebridge tlsgen --out DIR ...     generate a CA, instance certificates and the gossip key
+//	sitebridge enroll --ca-url URL ...  get an instance certificate from a smallstep CA with a one-time token
 //	sitebridge echo --listen ADDR       a TCP echo server (for demos and tests)
+//	sitebridge reload --admin ADDR      read the config file again (as SIGHUP does)
 //	sitebridge version
 package main
 
@@ -24,6 +27,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,9 +45,11 @@ Usage:
   sitebridge demo [--host 127.0.0.1] [--port-offset N] [--dir DIR]
   sitebridge demo stop|start INSTANCE [--host 127.0.0.1] [--port-offset N]
   sitebridge drill [--host 127.0.0.1] [--port-offset N] [--target NAME=ADMIN,CLIENT[,WHAT]]... [--token T]
-  sitebridge run --config FILE [--check]
+  sitebridge run --config FILE [--expand-env] [--check [-v]]
   sitebridge tlsgen --out DIR [--spec FILE] [--instance [TENANT:]SITE/NAME[=SAN,...]]... [--force]
+  sitebridge enroll --ca-url URL --root FILE --token OTT|-|--token-file FILE --out DIR [--name INSTANCE] [--dns NAME]... [--ip ADDR]...
   sitebridge status [--admin HOST:PORT] [--token T] [-o text|json]
+  sitebridge reload [--admin HOST:PORT] [--token T]   (or: kill -HUP PID)
   sitebridge cache put|get|del|clear|ls ... [--admin HOST:PORT] [--token T] [--scope S]
   sitebridge fed status|verify|start|stop|pause|resume|replicate-all|start-with-no-backlog ... [--admin HOST:PORT] [--token T]
   sitebridge echo --listen ADDR
@@ -87,12 +93,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdRun(ctx, rest, stdout, stderr)
 	case "tlsgen":
 		return cmdTLSGen(rest, stdout, stderr)
+	case "enroll":
+		return cmdEnroll(ctx, rest, os.Stdin, stdout, stderr)
 	case "echo":
 		return cmdEcho(ctx, rest, stderr)
 	case "drill":
 		return cmdDrill(ctx, rest, stdout, stderr)
 	case "status":
 		return cmdStatus(ctx, rest, stdout, stderr)
+	case "reload":
+		return cmdReload(ctx, rest, stdout, stderr)
 	case "cache":
 		return cmdCache(ctx, rest, os.Stdin, stdout, stderr)
 	case "fed":
@@ -135,15 +145,24 @@ func parse(fs *flag.FlagSet, args []string) error {
 }
 
 func newLogger(w io.Writer, level, format string) *slog.Logger {
+	log, _ := newLevelLogger(w, level, format)
+	return log
+}
+
+// newLevelLogger is newLogger with its level variable, which a config
+// reload sets.
+func newLevelLogger(w io.Writer, level, format string) (*slog.Logger, *slog.LevelVar) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		lv = slog.LevelInfo
 	}
-	opts := &slog.HandlerOptions{Level: lv}
+	v := new(slog.LevelVar)
+	v.Set(lv)
+	opts := &slog.HandlerOptions{Level: v}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), v
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), v
 }
 
 func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -151,13 +170,18 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	file := fs.String("config", "", "instance config `FILE` (YAML)")
 	check := fs.Bool("check", false, "validate the config and exit")
 	verbose := fs.Bool("v", false, "with --check: print the effective config")
+	expandEnv := fs.Bool("expand-env", false, "expand ${VAR} and ${VAR:-default} in the config file from the environment before parsing ($$ is a literal $)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *file == "" {
 		return fmt.Errorf("%w: --config is required", errUsage)
 	}
-	cfg, err := config.Load(*file)
+	load := config.Load
+	if *expandEnv {
+		load = func(path string) (*config.Config, error) { return config.LoadWithEnv(path, os.LookupEnv) }
+	}
+	cfg, err := load(*file)
 	if err != nil {
 		return err
 	}
@@ -177,11 +201,32 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		fmt.Fprintf(stderr, "%s: config is valid\n", *file)
 		return nil
 	}
-	log := newLogger(stderr, cfg.Log.Level, cfg.Log.Format)
+	log, level := newLevelLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	sup, err := gateway.NewSupervisor(cfg, log)
 	if err != nil {
 		return err
 	}
+	sup.SetReloadSource(func() (*config.Config, error) { return load(*file) }, level)
+	// SIGHUP reads the config file again and applies what changed (see
+	// gateway.Instance.Reload); a bad file is refused and logged.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() {
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-hup:
+				log.Info("config reload requested (SIGHUP)", "file", *file)
+				sup.ReloadFromSource() // logs its outcome
+			}
+		}
+	})
 	return sup.Run(ctx, nil)
 }
 

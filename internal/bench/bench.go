@@ -287,7 +287,7 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 		return err
 	}
 	defer d.stop()
-	tunnel := targets{sinkAddr: l.sinkAccept, echoAddr: l.echoAccept, sourceAddr: l.sourceAccept}
+	tunnel := targets{sinkAddr: l.sinkAccept, echoAddr: l.echoAccept, sourceAddr: l.sourceAccept, procs: d.children()}
 	t0 := time.Now()
 	if err := d.waitReady(ctx, tunnel.echo(), 20*time.Second); err != nil {
 		return err
@@ -321,6 +321,7 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 		if err := rd.waitReady(ctx, hop1.echo(), 10*time.Second); err != nil {
 			return fmt.Errorf("reference relays: %w", err)
 		}
+		hop1.procs = relays
 		relay = &hop1
 	}
 
@@ -339,6 +340,20 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 type targets struct {
 	sinkAddr, echoAddr, sourceAddr string
 	dial                           func(addr string, local net.Addr) dialFunc // nil: plain TCP
+	procs                          []*child                                   // the forwarding processes, if any
+}
+
+// cpuSeconds is the CPU time the path's forwarding processes have used.
+func (t targets) cpuSeconds() (float64, error) {
+	var sum float64
+	for _, c := range t.procs {
+		s, err := c.cpuSeconds()
+		if err != nil {
+			return 0, err
+		}
+		sum += s
+	}
+	return sum, nil
 }
 
 func (t targets) dialer(addr string, local net.Addr) dialFunc {
@@ -408,15 +423,21 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 		run                 func(t targets) ([]float64, error) // one run: one value per figure
 		keys                []string
 		names               []string
+		// cpu names a figure of the CPU time the forwarding processes
+		// spend per GB moved, from this throughput measure (MB/s).
+		cpuKey, cpuName string
 	}
 	bps := func(v float64, err error) ([]float64, error) { return []float64{v / 1e6}, err }
 	ms := []measure{
 		{group: "throughput_1", keys: []string{"throughput_1"}, names: []string{"single-stream throughput"}, unit: "MB/s", target: "≥ 0.25",
-			run: func(t targets) ([]float64, error) { return bps(throughput(ctx, t.sink(), 1, tpDur, p.tpMax)) }},
+			run:    func(t targets) ([]float64, error) { return bps(throughput(ctx, t.sink(), 1, tpDur, p.tpMax)) },
+			cpuKey: "cpu_per_gb_1", cpuName: "forwarding CPU per GB, single stream"},
 		{group: "throughput_1", keys: []string{"throughput_1_down"}, names: []string{"single-stream throughput, server to client"}, unit: "MB/s", target: "≥ 0.25",
-			run: func(t targets) ([]float64, error) { return bps(pull(ctx, t.source(), tpDur, p.tpMax)) }},
+			run:    func(t targets) ([]float64, error) { return bps(pull(ctx, t.source(), tpDur, p.tpMax)) },
+			cpuKey: "cpu_per_gb_1_down", cpuName: "forwarding CPU per GB, server to client"},
 		{group: "throughput_8", keys: []string{"throughput_8"}, names: []string{"8-stream throughput"}, unit: "MB/s", target: "≥ 0.35",
-			run: func(t targets) ([]float64, error) { return bps(throughput(ctx, t.sink(), 8, tpDur, p.tpMax/8)) }},
+			run:    func(t targets) ([]float64, error) { return bps(throughput(ctx, t.sink(), 8, tpDur, p.tpMax/8)) },
+			cpuKey: "cpu_per_gb_8", cpuName: "forwarding CPU per GB, 8 streams"},
 	}
 	if all {
 		ms = append(ms,
@@ -453,7 +474,7 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 	throughput(ctx, direct.sink(), 1, 200*time.Millisecond, p.tpMax)
 	throughput(ctx, tun.sink(), 1, 200*time.Millisecond, p.tpMax)
 
-	var figs []Figure
+	var figs, cpuFigs []Figure
 	for _, m := range ms {
 		if !o.want(m.group) {
 			continue
@@ -462,6 +483,7 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 			name string
 			t    targets
 			out  [][]float64
+			cpu  []float64 // CPU seconds per GB of the forwarding processes, per run
 		}
 		paths := []*path{{name: "direct", t: direct}, {name: "tunnel", t: tun}}
 		if relay != nil {
@@ -477,11 +499,20 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 					failure = ctx.Err()
 					break
 				}
+				cpu0, cpuErr := pa.t.cpuSeconds()
+				t0 := time.Now()
 				v, err := m.run(pa.t)
 				if err != nil {
 					failure = fmt.Errorf("%s run %d: %w", pa.name, r+1, err)
 					fmt.Fprintf(prog, "  %s %s run %d: %v\n", m.names[0], pa.name, r+1, err)
 					continue
+				}
+				if m.cpuKey != "" && len(pa.t.procs) > 0 && cpuErr == nil {
+					// The rate times the run's time is the bytes moved
+					// (within the time to connect).
+					if cpu1, err := pa.t.cpuSeconds(); err == nil && v[0] > 0 {
+						pa.cpu = append(pa.cpu, (cpu1-cpu0)/(v[0]*time.Since(t0).Seconds()/1000))
+					}
 				}
 				for i := range v {
 					pa.out[i] = append(pa.out[i], v[i])
@@ -507,8 +538,18 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 			}
 			figs = append(figs, f)
 		}
+		if m.cpuKey != "" && len(paths[1].cpu) > 0 {
+			f := Figure{Key: m.cpuKey, Name: m.cpuName, Unit: "s/GB"}
+			f.set(nil, paths[1].cpu)
+			if len(paths) > 2 && len(paths[2].cpu) > 0 {
+				f.RelayRuns = paths[2].cpu
+				v := median(f.RelayRuns)
+				f.Relay = &v
+			}
+			cpuFigs = append(cpuFigs, f)
+		}
 	}
-	return figs
+	return append(figs, cpuFigs...)
 }
 
 func fmtVals(v []float64, unit string) string {

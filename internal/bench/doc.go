@@ -48,6 +48,12 @@
 //   - new connections per second: 4 workers each connect, echo 64 bytes
 //     once and close, in a loop, for 1.5 s (short 0.5 s), from a fresh
 //     127.x.y.z client address per run;
+//   - forwarding CPU per GB, for each throughput figure: the CPU time
+//     (user and system, from /proc/PID/stat) the two instances used
+//     during each tunnel run, over the bytes the run moved, and the same
+//     for the two reference relays. Unlike the throughput ratios, which
+//     swing with the load other programs put on a shared machine, this
+//     says how much work the forwarding itself costs;
 //   - resident memory of each instance idle (tunnel up, no connection, 1 s
 //     after start-up), and the growth per held connection while 1,000
 //     connections are held (1 s after the last opened; VmRSS, median of 5

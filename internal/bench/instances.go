@@ -130,6 +130,31 @@ func (c *child) rss() (int64, error) {
 	return 0, fmt.Errorf("%s: no VmRSS in /proc/%d/status", c.name, c.cmd.Process.Pid)
 }
 
+// cpuSeconds is the CPU time (user and system) the process has used, from
+// /proc/PID/stat (in clock ticks of 1/100 s, the USER_HZ of Linux).
+func (c *child) cpuSeconds() (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces;
+	// utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: unexpected /proc/%d/stat", c.name, c.cmd.Process.Pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("%s: unexpected /proc/%d/stat", c.name, c.cmd.Process.Pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return float64(ut+st) / 100, nil
+}
+
 // rssMedian samples the resident set size n times, gap apart, and returns
 // the median.
 func (c *child) rssMedian(n int, gap time.Duration) (int64, error) {

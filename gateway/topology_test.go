@@ -1,0 +1,61 @@
+package gateway
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// TestMemberAdmin: a member listening on every address is asked at its
+// gossip address's host.
+func TestMemberAdmin(t *testing.T) {
+	for _, c := range []struct{ admin, gossip, want string }{
+		{"10.0.0.5:9100", "10.0.0.5:7946", "10.0.0.5:9100"},
+		{"0.0.0.0:9100", "10.0.0.6:7946", "10.0.0.6:9100"},
+		{"[::]:9100", "[fd00::7]:7946", "[fd00::7]:9100"},
+		{":9100", "10.0.0.8:7946", "10.0.0.8:9100"},
+		{"admin.example:9100", "10.0.0.9:7946", "admin.example:9100"},
+		{"", "10.0.0.9:7946", ""},
+	} {
+		if got := memberAdmin(MemberStatus{Admin: c.admin, Addr: c.gossip}); got != c.want {
+			t.Errorf("memberAdmin(%q, gossip %q) = %q, want %q", c.admin, c.gossip, got, c.want)
+		}
+	}
+}
+
+// TestAdminRefusesCrossOriginPosts: a web page in a local browser cannot
+// press the admin endpoint's buttons (stop, reload, federation, caches);
+// command-line clients, which send no Origin, can.
+func TestAdminRefusesCrossOriginPosts(t *testing.T) {
+	e := newEnv(t, "cloud/cloud1")
+	cfg := e.parse(cloudYAML("cloud1", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
+	s, err := NewSupervisor(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.adminServer().Handler
+	for _, tc := range []struct {
+		name, method, path string
+		headers            map[string]string
+		want               int
+	}{
+		{"cli stop", "POST", "/api/v1/stop", nil, http.StatusConflict}, // not running: reached the handler
+		{"cross-site stop", "POST", "/api/v1/stop", map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusForbidden},
+		{"foreign origin reload", "POST", "/api/v1/reload", map[string]string{"Origin": "http://evil.example"}, http.StatusForbidden},
+		{"foreign origin cache put", "PUT", "/api/v1/caches/c/k", map[string]string{"Origin": "http://evil.example"}, http.StatusForbidden},
+		{"cross-site read", "GET", "/healthz", map[string]string{"Sec-Fetch-Site": "cross-site"}, http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, "http://127.0.0.1:9100"+tc.path, strings.NewReader("v"))
+			for k, v := range tc.headers {
+				req.Header.Set(k, v)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Errorf("%s %s: %d %s, want %d", tc.method, tc.path, rec.Code, rec.Body, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,379 @@
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// TestStreamDrain pins what streamPipe relies on besides TestStreamZeroRead:
+// a yamux Read that returns less than its buffer's size has taken every
+// byte buffered, however many frames brought them.
+func TestStreamDrain(t *testing.T) {
+	op, rc := streamPair(t)
+	op.Write([]byte("abc"))
+	op.Write([]byte("defg"))
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var got []byte
+	buf := make([]byte, 64)
+	for len(got) < 7 {
+		n, err := rc.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != "abcdefg" {
+		t.Fatalf("read %q", got)
+	}
+	rc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := rc.Read(nil); !errors.Is(err, yamux.ErrTimeout) {
+		t.Fatalf("zero-length Read after draining = %v, want to wait (ErrTimeout)", err)
+	}
+}
+
+// TestStreamPoll pins how parkedPipe looks at a stream without waiting: a
+// zero-length yamux Read with a read deadline in the past returns
+// ErrTimeout at once when nothing is buffered, nil when data is, and EOF
+// after the peer's FIN.
+func TestStreamPoll(t *testing.T) {
+	op, rc := streamPair(t)
+	poll := func() error {
+		rc.SetReadDeadline(aLongTimeAgo)
+		defer rc.SetReadDeadline(time.Time{})
+		_, err := rc.Read(nil)
+		return err
+	}
+	start := time.Now()
+	if err := poll(); !errors.Is(err, yamux.ErrTimeout) {
+		t.Fatalf("poll with nothing buffered = %v, want ErrTimeout", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("poll took %v", d)
+	}
+	op.Write([]byte("abc"))
+	waitFor(t, func() bool { return poll() == nil })
+	buf := make([]byte, 8)
+	if n, err := rc.Read(buf); err != nil || string(buf[:n]) != "abc" {
+		t.Fatalf("Read after the poll = %q, %v", buf[:n], err)
+	}
+	op.Close()
+	waitFor(t, func() bool { return poll() == io.EOF })
+}
+
+func goroutineDump() string {
+	var b strings.Builder
+	pprof.Lookup("goroutine").WriteTo(&b, 1)
+	return b.String()
+}
+
+// TestSpliceParks: an idle splice of a tunnel stream keeps no goroutine on
+// the stream side, wakes up for data, and sees the stream end when the
+// session ends under it.
+func TestSpliceParks(t *testing.T) {
+	client, tcpEnd := tcpPair(t)
+	far, streamEnd := wsStreamPair(t)
+	done := make(chan struct{})
+	go func() {
+		Splice(tcpEnd, streamEnd)
+		close(done)
+	}()
+	client.SetDeadline(time.Now().Add(20 * time.Second))
+	far.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 64)
+	for i := range 20 {
+		// Idle: the stream side is parked.
+		waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
+		msg := []byte(strings.Repeat("x", 1+i))
+		if _, err := far.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+			t.Fatalf("round %d: %q, %v", i, buf[:len(msg)], err)
+		}
+		client.Write(msg)
+		if _, err := io.ReadFull(far, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The session ends while the stream side is parked: the stream ends
+	// (the client sees EOF), and the splice ends with the client.
+	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
+	streamEnd.Session().Close()
+	if n, err := client.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("client read %d, %v after the session ended, want EOF", n, err)
+	}
+	client.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Splice did not return after the session ended")
+	}
+}
+
+// TestSpliceParkedFIN: the peer's FIN reaches a parked stream side, which
+// half-closes the TCP connection, and the other direction goes on.
+func TestSpliceParkedFIN(t *testing.T) {
+	client, tcpEnd := tcpPair(t)
+	far, streamEnd := wsStreamPair(t)
+	done := make(chan struct{})
+	go func() {
+		Splice(streamEnd, tcpEnd)
+		close(done)
+	}()
+	client.SetDeadline(time.Now().Add(20 * time.Second))
+	far.SetDeadline(time.Now().Add(20 * time.Second))
+	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
+	far.Close()
+	if n, err := client.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("client read %d, %v after the far end's FIN, want EOF", n, err)
+	}
+	client.Write([]byte("after"))
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(far, got); err != nil || string(got) != "after" {
+		t.Fatalf("far end read %q, %v", got, err)
+	}
+	client.CloseWrite()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Splice did not return after both directions ended")
+	}
+}
+
+// TestSpliceManyParked forwards random bursts with pauses over many
+// streams of one session at once, each spliced to a TCP connection, and
+// checks every byte.
+func TestSpliceManyParked(t *testing.T) {
+	cli, srv := wsMuxPair(t)
+	const streams = 40
+	var wg sync.WaitGroup
+	for i := range streams {
+		op, err := cli.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		op.Write(nil)
+		rc, err := srv.AcceptStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, tcpEnd := tcpPair(t)
+		wg.Go(func() { Splice(rc, tcpEnd) })
+		rng := rand.New(rand.NewPCG(uint64(i), 7))
+		op.SetDeadline(time.Now().Add(30 * time.Second))
+		client.SetDeadline(time.Now().Add(30 * time.Second))
+		var sent, got bytes.Buffer
+		var sender sync.WaitGroup
+		sender.Go(func() {
+			for range 1 + rng.IntN(8) {
+				b := make([]byte, 1+rng.IntN(200<<10))
+				for j := range b {
+					b[j] = byte(rng.Uint32())
+				}
+				sent.Write(b)
+				if _, err := op.Write(b); err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
+			}
+			op.Close()
+		})
+		wg.Go(func() {
+			if _, err := io.Copy(&got, client); err != nil {
+				t.Error(err)
+			}
+			sender.Wait()
+			if !bytes.Equal(got.Bytes(), sent.Bytes()) {
+				t.Errorf("stream %d: %d bytes arrived, %d were sent", i, got.Len(), sent.Len())
+			}
+			client.Close()
+		})
+	}
+	wg.Wait()
+}
+
+// TestFrameWatchTrack feeds random yamux frames through frameWatch the
+// way wsConn does (in pieces of random size, never past room()) and checks
+// which frames it reports, in order.
+func TestFrameWatchTrack(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var stream []byte
+	var want []uint32
+	for range 2000 {
+		id := uint32(1 + rng.IntN(5))
+		typ := byte(rng.IntN(4))
+		var flags uint16
+		if rng.IntN(4) == 0 {
+			flags = []uint16{0, 1, 2, yamuxFlagFIN, yamuxFlagRST}[rng.IntN(5)]
+		}
+		var length uint32
+		var body []byte
+		switch typ {
+		case yamuxTypeData:
+			if rng.IntN(5) > 0 {
+				length = uint32(rng.IntN(70000))
+				body = make([]byte, length)
+			}
+			want = append(want, id)
+		case yamuxTypeWindow:
+			length = uint32(rng.IntN(1 << 20))
+			if flags&(yamuxFlagFIN|yamuxFlagRST) != 0 {
+				want = append(want, id)
+			}
+		default:
+			id, length = 0, rng.Uint32()
+		}
+		h := []byte{0, typ, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+		binary.BigEndian.PutUint16(h[2:], flags)
+		binary.BigEndian.PutUint32(h[4:], id)
+		binary.BigEndian.PutUint32(h[8:], length)
+		stream = append(append(stream, h...), body...)
+	}
+	w := newFrameWatch()
+	var got []uint32
+	for len(stream) > 0 {
+		n := 1 + rng.IntN(5000)
+		if r := w.room(); r > 0 && int64(n) > r {
+			n = int(r)
+		}
+		n = min(n, len(stream))
+		w.track(stream[:n])
+		stream = stream[n:]
+		for _, d := range w.done {
+			got = append(got, d.id)
+		}
+		w.done = w.done[:0]
+		if w.off {
+			t.Fatal("frameWatch stopped following valid frames")
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("reported %d frames, want %d", len(got), len(want))
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("frame %d: stream %d, want %d", i, got[i], want[i])
+		}
+	}
+}
+
+// TestFrameWatchGarbage: bytes that are not yamux framing stop the watch
+// from limiting reads (yamux ends the session on them).
+func TestFrameWatchGarbage(t *testing.T) {
+	w := newFrameWatch()
+	w.track([]byte{7, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5})
+	if !w.off || w.room() != 0 {
+		t.Fatalf("after a bad version: off %v, room %d", w.off, w.room())
+	}
+}
+
+// TestSpliceStreamToStream: Splice of two streams (a relay) parks one
+// side and moves data both ways.
+func TestSpliceStreamToStream(t *testing.T) {
+	far1, end1 := wsStreamPair(t)
+	far2, end2 := wsStreamPair(t)
+	done := make(chan struct{})
+	go func() {
+		Splice(end1, end2)
+		close(done)
+	}()
+	for _, c := range []net.Conn{far1, far2} {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+	}
+	far1.Write([]byte("one"))
+	far2.Write([]byte("two"))
+	b := make([]byte, 3)
+	if _, err := io.ReadFull(far2, b); err != nil || string(b) != "one" {
+		t.Fatalf("far2 read %q, %v", b, err)
+	}
+	if _, err := io.ReadFull(far1, b); err != nil || string(b) != "two" {
+		t.Fatalf("far1 read %q, %v", b, err)
+	}
+	far1.Close()
+	far2.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Splice did not return")
+	}
+}
+
+// TestSpliceEndedBeforeStart: data and the FIN that reached the stream
+// before the splice began (so before its frames were counted) still make
+// it out: the data, then the half-close.
+func TestSpliceEndedBeforeStart(t *testing.T) {
+	for _, data := range []string{"", "early"} {
+		client, tcpEnd := tcpPair(t)
+		far, streamEnd := wsStreamPair(t)
+		if data != "" {
+			far.Write([]byte(data))
+		}
+		far.Close()
+		time.Sleep(100 * time.Millisecond) // let the receiving session process both
+		done := make(chan struct{})
+		go func() {
+			Splice(streamEnd, tcpEnd)
+			close(done)
+		}()
+		client.SetDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(client)
+		if err != nil || string(got) != data {
+			t.Fatalf("client read %q, %v; want %q and EOF", got, err, data)
+		}
+		client.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Splice did not return")
+		}
+	}
+}
+
+// TestSpliceHalfClosedTimesOut: after the client's side has ended, the
+// splice waits for the far end's FIN; if that never comes, yamux closes
+// the stream after its close timeout (sending no frame), and the splice
+// ends then, as it did before stream sides parked.
+func TestSpliceHalfClosedTimesOut(t *testing.T) {
+	cli, srv := wsMuxPair(t, func(c *yamux.Config) { c.StreamCloseTimeout = 300 * time.Millisecond })
+	far, err := cli.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	far.Write([]byte("x"))
+	streamEnd, err := srv.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, tcpEnd := tcpPair(t)
+	done := make(chan struct{})
+	go func() {
+		Splice(tcpEnd, streamEnd)
+		close(done)
+	}()
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(client, b); err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite() // the far end gets FIN, and never sends its own
+	if _, err := io.ReadAll(client); err != nil {
+		t.Fatalf("client: %v, want EOF after the close timeout", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Splice did not return after the stream's close timeout")
+	}
+}
