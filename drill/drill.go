@@ -32,7 +32,13 @@ type Options struct {
 	Token    string        // bearer token for the admin API, if the deployment uses one
 	Probes   int           // round trips per port per step (default 5)
 	Timeout  time.Duration // per probe (default 3s)
-	Recovery time.Duration // how long a restarted instance may take (default 15s)
+	Recovery time.Duration // how long a restarted instance may take to carry traffic (default 15s)
+	// Ready: how long a restarted instance may take to report /readyz
+	// (its site's cluster joined, its share of the site store copied back,
+	// a tunnel to each peer site) before the next one is stopped (default
+	// 60s). Stopping the next instance earlier would lose the store
+	// partitions whose only copy it holds.
+	Ready time.Duration
 }
 
 // Row is one line of the drill's table.
@@ -47,6 +53,9 @@ type Row struct {
 // ErrFailures is returned when any probe failed.
 var ErrFailures = errors.New("drill: some probes failed")
 
+// ErrNotReady is returned when a restarted instance did not become ready.
+var ErrNotReady = errors.New("drill: instance not ready")
+
 // Run drills every target in turn and returns the table. It returns
 // ErrFailures (wrapped) if any probe failed, and other errors when the
 // admin API cannot be used.
@@ -59,6 +68,9 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	}
 	if o.Recovery <= 0 {
 		o.Recovery = 15 * time.Second
+	}
+	if o.Ready <= 0 {
+		o.Ready = 60 * time.Second
 	}
 	c := client{token: o.Token}
 	var rows []Row
@@ -104,9 +116,11 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 		}
 		failed += r.Failures
 		rows = append(rows, r)
-		// Let the mesh settle before the next instance is stopped: wait for
-		// its status to show tunnels again.
-		c.waitTunnels(ctx, x, o.Recovery)
+		// Let the site settle before the next instance is stopped: wait
+		// until the restarted one is ready (a rolling restart's rule).
+		if err := c.waitReady(ctx, x, o.Ready); err != nil {
+			return rows, err
+		}
 	}
 	if failed > 0 {
 		return rows, fmt.Errorf("%w: %d failed", ErrFailures, failed)
@@ -197,8 +211,7 @@ func Start(ctx context.Context, t Target, token string) error {
 }
 
 type status struct {
-	State   string            `json:"state"`
-	Tunnels []json.RawMessage `json:"tunnels"`
+	State string `json:"state"`
 }
 
 func (c client) waitState(ctx context.Context, t Target, want string, limit time.Duration) error {
@@ -216,14 +229,18 @@ func (c client) waitState(ctx context.Context, t Target, want string, limit time
 	}
 }
 
-func (c client) waitTunnels(ctx context.Context, t Target, limit time.Duration) {
+// waitReady polls the instance's /readyz until it answers 200.
+func (c client) waitReady(ctx context.Context, t Target, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		var st status
-		if c.do(ctx, http.MethodGet, t, "/api/v1/status", &st) == nil && st.State == "running" && len(st.Tunnels) > 0 {
-			return
+	for {
+		err := c.do(ctx, http.MethodGet, t, "/readyz", nil)
+		if err == nil {
+			return nil
 		}
-		sleep(ctx, 50*time.Millisecond)
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("%w: %s not ready within %v after its restart: %w", ErrNotReady, t.Name, limit, err)
+		}
+		sleep(ctx, 100*time.Millisecond)
 	}
 }
 

@@ -307,7 +307,7 @@ func (s *service) syncBackup(ctx context.Context, part int, epoch Epoch, b strin
 	var items []item
 	var journal []jentry
 	var positions []fedPos
-	lastSeq, lastEp, purge := p.lastSeq, p.lastEpoch, p.purgeTo
+	lastSeq, lastEp, purge, born := p.lastSeq, p.lastEpoch, p.purgeTo, p.born
 	if !useDelta {
 		items = p.items()
 		journal = slices.Clone(p.journal)
@@ -319,7 +319,7 @@ func (s *service) syncBackup(ctx context.Context, part int, epoch Epoch, b strin
 		for {
 			n := min(len(delta), maxBatchOps)
 			_, err := s.call(ctx, b, &req{Type: reqInstall, Part: part, Epoch: epoch, Ops: delta[:n],
-				Last: n == len(delta), LastSeq: lastSeq, LastEp: lastEp, Purge: purge})
+				Last: n == len(delta), LastSeq: lastSeq, LastEp: lastEp, Purge: purge, Born: born})
 			if err != nil {
 				return err
 			}
@@ -339,7 +339,7 @@ func (s *service) syncBackup(ctx context.Context, part int, epoch Epoch, b strin
 			}
 			last := n == len(items)
 			r := &req{Type: reqInstall, Part: part, Epoch: epoch, Snapshot: true, First: first, Last: last,
-				Items: items[:n], LastSeq: lastSeq, LastEp: lastEp, Purge: purge}
+				Items: items[:n], LastSeq: lastSeq, LastEp: lastEp, Purge: purge, Born: born}
 			if last {
 				r.Ops, r.Positions = journal, positions
 			}

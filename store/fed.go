@@ -407,14 +407,17 @@ func (s *service) ship(ctx context.Context, peer *fedPeer, part int, ctl FedCont
 			r.Snapshot = true
 		}
 	default:
-		if len(p.journal) > 0 && p.journal[0].Seq > uint64(acked)+1 {
+		// A position from before the partition's history began (it was
+		// started again empty) is where that history begins.
+		from := max(uint64(acked), p.born)
+		if len(p.journal) > 0 && p.journal[0].Seq > from+1 {
 			s.pmu[part].Unlock()
 			return s.gap(peer, part, acked)
 		}
-		upTo := uint64(acked)
+		upTo := from
 		for i := range p.journal {
 			j := &p.journal[i]
-			if j.Seq <= uint64(acked) {
+			if j.Seq <= from {
 				continue
 			}
 			if j.Seq > p.committed {
@@ -428,7 +431,7 @@ func (s *service) ship(ctx context.Context, peer *fedPeer, part int, ctl FedCont
 				r.Ops = append(r.Ops, *j)
 			}
 		}
-		if upTo == uint64(acked) && p.committed > upTo {
+		if upTo == from && p.committed > upTo {
 			// The journal does not reach from the peer's position to what
 			// is committed: entries it needs were dropped.
 			s.pmu[part].Unlock()

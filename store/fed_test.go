@@ -436,3 +436,65 @@ func TestServeFedRefusals(t *testing.T) {
 		t.Fatal("a refused batch changed data")
 	}
 }
+
+// TestFederationSenderStartsAgainEmpty: when a site's partitions lose every
+// copy (its one member restarts, or both members go down in turn before
+// the first is copied again) they start empty; the changes made to them
+// afterwards still reach the other site, which remembers positions in the
+// partitions' earlier history and must not skip the new changes as
+// already applied.
+func TestFederationSenderStartsAgainEmpty(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		members int
+	}{{"one-member-restarts", 1}, {"both-members-in-turn", 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFed(t,
+				siteSpec{name: "cloud", members: tc.members, to: []FedLink{{Site: "onprem"}}, from: []string{"onprem"}},
+				siteSpec{name: "onprem", members: 2, to: []FedLink{{Site: "cloud"}}, from: []string{"cloud"}})
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			put := func(round string) {
+				st := f.store("cloud")
+				for i := range 40 {
+					if err := st.Put(ctx, "", "c", fmt.Sprintf("k%d", i), []byte(round), 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			arrived := func(round string) {
+				t.Helper()
+				deadline := time.Now().Add(20 * time.Second)
+				for i := range 40 {
+					for {
+						e, ok, _ := f.store("onprem").Get(ctx, "", "c", fmt.Sprintf("k%d", i))
+						if ok && string(e.Value) == round {
+							break
+						}
+						if time.Now().After(deadline) {
+							st, _ := f.store("cloud").FedStatus(ctx)
+							t.Fatalf("k%d at onprem is %q, want %q; cloud's federation: %+v", i, e.Value, round, st)
+						}
+						time.Sleep(10 * time.Millisecond)
+					}
+				}
+			}
+			put("first")
+			arrived("first")
+			// Every copy of cloud's partitions goes.
+			c := f.sites["cloud"]
+			names := f.names["cloud"]
+			c.kill(names[0], 0)
+			if tc.members == 2 {
+				c.start(names[0])
+				c.kill(names[1], 0)
+			} else {
+				c.start(names[0])
+			}
+			c.waitSettled(t, 10*time.Second)
+			put("second")
+			arrived("second")
+			waitState(t, f.store("cloud"), func(s FedStatus) bool { return s.Pending == 0 && s.State == FedStarted })
+		})
+	}
+}

@@ -208,7 +208,7 @@ func (s *service) install(r *req) *resp {
 				return &resp{Status: stNeedSync, Msg: "delta did not reach the primary's last change"}
 			}
 			p.syncedEpoch = r.Epoch
-			p.purgeTo = r.Purge
+			p.purgeTo, p.born = r.Purge, r.Born
 			p.purge(s.keep(), p.purgeTo)
 		}
 		return &resp{}
@@ -227,7 +227,7 @@ func (s *service) install(r *req) *resp {
 		p.staging = nil
 		p.holds, p.data = true, st.data
 		p.setJournal(slices.Clone(r.Ops))
-		p.lastSeq, p.lastEpoch, p.syncedEpoch, p.purgeTo = r.LastSeq, r.LastEp, r.Epoch, r.Purge
+		p.lastSeq, p.lastEpoch, p.syncedEpoch, p.purgeTo, p.born = r.LastSeq, r.LastEp, r.Epoch, r.Purge, r.Born
 		p.fed, p.produced = nil, 0
 		for _, f := range r.Positions {
 			if f.Site == "" {

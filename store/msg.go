@@ -275,6 +275,7 @@ type req struct {
 	NoBacklog uint64   // reqFedShip: no-backlog round being completed
 	NParts    int      // reqFedShip: the sender's partition count
 	Purge     uint64   // reqReplicate: the backup may drop journal entries up to here
+	Born      uint64   // reqInstall: the seq the partition's history starts after
 	Positions []fedPos // reqInstall (last chunk): what the partition has applied from other sites
 }
 
@@ -367,6 +368,7 @@ func encodeReq(r *req) []byte {
 	for i := range r.Positions {
 		e.fedPos(&r.Positions[i])
 	}
+	e.uv(r.Born)
 	return e.b
 }
 
@@ -408,6 +410,7 @@ func decodeReq(b []byte) (*req, error) {
 	for range d.n(6) {
 		r.Positions = append(r.Positions, d.fedPos())
 	}
+	r.Born = d.uv()
 	if err := d.done(); err != nil {
 		return nil, err
 	}

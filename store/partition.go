@@ -27,11 +27,17 @@ type partition struct {
 	id int
 
 	// What this member holds.
-	holds       bool
-	data        map[string]map[string]*value // cache -> key -> value
-	journal     []jentry                     // contiguous: journal[i].Seq == journal[0].Seq+i
-	lastSeq     uint64
-	lastEpoch   Epoch
+	holds     bool
+	data      map[string]map[string]*value // cache -> key -> value
+	journal   []jentry                     // contiguous: journal[i].Seq == journal[0].Seq+i
+	lastSeq   uint64
+	lastEpoch Epoch
+	// born: the seq this copy's history starts after. A partition that no
+	// live member held starts again empty, numbering its changes from a
+	// new base above any seq its earlier history can have used, so that
+	// other sites, which remember positions in the old history, neither
+	// skip the new changes as already applied nor count them as a gap.
+	born        uint64
 	syncedEpoch Epoch         // the last epoch under which this copy was complete
 	jbytes      int64         // bytes of the journal entries held
 	acct        *atomic.Int64 // the member's total of jbytes (nil: not counted)
@@ -83,6 +89,7 @@ func (p *partition) reset() {
 	p.data = nil
 	p.journal = nil
 	p.lastSeq = 0
+	p.born = 0
 	p.lastEpoch = Epoch{}
 	p.syncedEpoch = Epoch{}
 	p.staging = nil

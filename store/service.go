@@ -171,6 +171,8 @@ func (s *service) applyTable(t *Table, force bool) bool {
 			return false
 		}
 	}
+	fresh := 0
+	newHistory := old == nil || old.Lineage != t.Lineage
 	for i := range s.parts {
 		pt := &t.Parts[i]
 		s.pmu[i].Lock()
@@ -185,6 +187,9 @@ func (s *service) applyTable(t *Table, force bool) bool {
 		case pt.Primary() == s.self:
 			if !p.holds && pt.Fresh {
 				p.hold()
+				base := s.seqBase()
+				p.lastSeq, p.born, p.committed, p.purgeTo = base, base, base, base
+				fresh++
 			}
 			if p.holds && changed {
 				p.syncedEpoch = pt.Epoch
@@ -220,6 +225,10 @@ func (s *service) applyTable(t *Table, force bool) bool {
 			}
 		}
 		s.pmu[i].Unlock()
+	}
+	if fresh > 0 && !newHistory {
+		s.log.Warn("store: partitions no live member held start again empty; what only they held is lost (a rolling restart must wait for /readyz before stopping the next member)",
+			"scheme", s.name, "partitions", fresh, "epoch", t.Epoch)
 	}
 	s.table = t
 	close(s.tableCh)
@@ -499,3 +508,11 @@ func (s *service) askSenior(ctx context.Context) {
 }
 
 var errNoTable = errors.New("no partition table yet")
+
+// seqBase is where a partition started again empty numbers its changes
+// from: the hybrid clock's time in nanoseconds, above any seq an earlier
+// history of the partition can have reached (one change per nanosecond
+// since that history began).
+func (s *service) seqBase() uint64 {
+	return uint64(max(time.Now().UnixNano(), s.clock.Next().Wall))
+}
