@@ -46,6 +46,10 @@ func run(ctx context.Context, args []string) error {
 		// The reference relay (a child of a bench run): relay LISTEN=TARGET...
 		return bench.Relay(ctx, args[1:])
 	}
+	if len(args) > 0 && args[0] == "servers" {
+		// The servers of a bench run (a child): servers SINK ECHO SOURCE.
+		return bench.Servers(ctx, args[1:])
+	}
 	fs := flag.NewFlagSet("sitebridge-bench", flag.ContinueOnError)
 	var o bench.Options
 	fs.BoolVar(&o.Short, "short", false, "short mode: one quick run of each figure, no WAN profile (for CI; figures are rough)")
@@ -58,6 +62,7 @@ func run(ctx context.Context, args []string) error {
 	strict := fs.Bool("strict", false, "exit with status 1 when a target is missed")
 	limit := fs.Duration("timeout", 10*time.Minute, "stop the whole run after this long")
 	noRelay := fs.Bool("no-relay", false, "skip the reference column (two plain TCP relays in a chain)")
+	inprocServers := fs.Bool("inproc-servers", false, "run the sink, echo and source servers inside the bench process instead of a process of their own")
 	fs.BoolVar(&o.NoLoopback, "no-loopback", false, "skip the loopback figures (with -wan on: only the WAN profile)")
 	only := fs.String("only", "", "comma-separated groups to run: "+strings.Join(bench.Groups, ", ")+" (default: all)")
 	if err := fs.Parse(args); err != nil {
@@ -99,12 +104,15 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("go build: %v\n%s", err, out)
 		}
 	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
 	if !*noRelay {
-		exe, err := os.Executable()
-		if err != nil {
-			return err
-		}
 		o.RelayArgv = []string{exe, "relay"}
+	}
+	if !*inprocServers {
+		o.ServersArgv = []string{exe, "servers"}
 	}
 	res, err := bench.Run(ctx, o)
 	if err != nil {

@@ -44,6 +44,12 @@ type Options struct {
 	// LISTEN=TARGET pairs (see Relay); the loopback figures then have a
 	// reference column.
 	RelayArgv []string
+	// ServersArgv, if set, runs the sink, echo and source servers in a
+	// process of their own, started with their three addresses appended
+	// (see Servers): every path then reaches them as a client reaches a
+	// real server, across processes. Unset, they run in the bench process,
+	// where the direct path's round trip never leaves one Go runtime.
+	ServersArgv []string
 	// NoLoopback skips the loopback figures, the site store and
 	// federation (to run only the WAN profile).
 	NoLoopback bool
@@ -259,9 +265,33 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 		}
 		lns = append(lns, ln)
 	}
-	srv := startServers(lns[0], lns[1], lns[2])
-	defer srv.close()
+	dir, err := os.MkdirTemp("", "sitebridge-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
 	direct := targets{sinkAddr: lns[0].Addr().String(), echoAddr: lns[1].Addr().String(), sourceAddr: lns[2].Addr().String()}
+	if len(o.ServersArgv) > 0 {
+		for _, ln := range lns {
+			ln.Close()
+		}
+		lns = nil
+		c, err := startChild(sp, "servers", filepath.Join(dir, "servers.log"),
+			append(slices.Clone(o.ServersArgv), direct.sinkAddr, direct.echoAddr, direct.sourceAddr))
+		if err != nil {
+			return err
+		}
+		defer c.stop()
+		sd := &deployment{cloud: c, onprem: c}
+		if err := sd.waitReady(ctx, direct.echo(), 10*time.Second); err != nil {
+			return fmt.Errorf("the servers process: %w", err)
+		}
+		fmt.Fprintf(prog, "servers: in their own process (pid %d)\n", c.cmd.Process.Pid)
+	} else {
+		srv := startServers(lns[0], lns[1], lns[2])
+		defer srv.close()
+		fmt.Fprintln(prog, "servers: in the bench process")
+	}
 
 	ports := make([]int, 12)
 	for i := range ports {
@@ -276,11 +306,6 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 		sinkTarget: direct.sinkAddr, echoTarget: direct.echoAddr, sourceTarget: direct.sourceAddr,
 		cloudAdmin: hp(ports[4]), onpremAdmin: hp(ports[5]),
 	}
-	dir, err := os.MkdirTemp("", "sitebridge-bench-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
 	fmt.Fprintf(prog, "loopback: servers and instances on %s, files in %s\n", ip, dir)
 	d, err := deploy(sp, o.Bin, dir, l)
 	if err != nil {

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"sync"
@@ -27,6 +28,33 @@ func startServers(sinkLn, echoLn, sourceLn net.Listener) *servers {
 	s.wg.Go(func() { echo.Serve(ctx, echoLn) })
 	s.wg.Go(func() { serveConns(ctx, sourceLn, source) })
 	return s
+}
+
+// Servers is the servers process of a bench run (Options.ServersArgv): a
+// sink, an echo server and a source on the three addresses, until ctx is
+// done.
+func Servers(ctx context.Context, addrs []string) error {
+	if len(addrs) != 3 {
+		return fmt.Errorf("servers: want SINK ECHO SOURCE addresses, got %d", len(addrs))
+	}
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return err
+		}
+		lns = append(lns, ln)
+	}
+	s := startServers(lns[0], lns[1], lns[2])
+	<-ctx.Done()
+	for _, l := range lns {
+		l.Close()
+	}
+	s.close()
+	return nil
 }
 
 func (s *servers) close() {
