@@ -282,7 +282,7 @@ func (in *Instance) Run(ctx context.Context, ready func()) error {
 func (in *Instance) serveHTTP(srv *http.Server, ln net.Listener, useTLS bool) {
 	var err error
 	if useTLS {
-		err = srv.ServeTLS(ln, "", "")
+		err = srv.ServeTLS(tunnel.CorkListener(ln), "", "")
 	} else {
 		err = srv.Serve(ln)
 	}

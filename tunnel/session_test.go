@@ -109,7 +109,7 @@ func startServerWith(t testing.TB, p pki, cfg Config, h Handler) *server {
 	tc := p.reloader(t, "cloud1").ServerConfig(func(tlsgen.Identity) error { return nil })
 	tc.NextProtos = []string{"http/1.1"}
 	hs := &http.Server{Handler: ts, TLSConfig: tc, ErrorLog: slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn)}
-	wg.Go(func() { hs.ServeTLS(ln, "", "") })
+	wg.Go(func() { hs.ServeTLS(CorkListener(ln), "", "") })
 	t.Cleanup(func() {
 		cancel()
 		hs.Close()

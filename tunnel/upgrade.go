@@ -173,7 +173,7 @@ func dialUpgrade(ctx context.Context, u *url.URL, tlsConf *tls.Config, timeout t
 		if len(tc.NextProtos) == 0 {
 			tc.NextProtos = []string{"http/1.1"}
 		}
-		tlsConn := tls.Client(raw, tc)
+		tlsConn := tls.Client(&corkConn{Conn: raw}, tc)
 		conn = tlsConn
 		hctx, cancel := context.WithTimeout(ctx, timeout)
 		err = tlsConn.HandshakeContext(hctx)

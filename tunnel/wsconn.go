@@ -107,6 +107,7 @@ type wsConn struct {
 
 	readErr atomic.Pointer[error] // the first read error: why the session really ended
 	fw      *frameWatch           // follows the yamux frames read (see park.go)
+	cork    *corkConn             // under the TLS connection, if any: one write per message (cork.go)
 
 	// Write state, under wmu.
 	wmu       sync.Mutex
@@ -122,7 +123,7 @@ type wsConn struct {
 // handshake read past the HTTP exchange; they are the start of the frame
 // stream.
 func newWSConn(conn net.Conn, buffered []byte, client bool, limit int64) *wsConn {
-	c := &wsConn{conn: conn, client: client, limit: max(limit, minReadLimit), fw: newFrameWatch()}
+	c := &wsConn{conn: conn, client: client, limit: max(limit, minReadLimit), fw: newFrameWatch(), cork: corkOf(conn)}
 	var r io.Reader = conn
 	if len(buffered) > 0 {
 		r = io.MultiReader(bytes.NewReader(buffered), conn)
@@ -437,7 +438,15 @@ func (c *wsConn) Write(p []byte) (int, error) {
 // full TLS record, and writes the rest of body directly: crypto/tls cuts
 // each write into records of 16 KiB, so the two writes make the same
 // records as one, without copying the whole message.
-func (c *wsConn) writeMessage(head, body []byte) error {
+func (c *wsConn) writeMessage(head, body []byte) (err error) {
+	if c.cork != nil {
+		c.cork.cork()
+		defer func() {
+			if uerr := c.cork.uncork(); err == nil {
+				err = uerr
+			}
+		}()
+	}
 	b := c.appendHeader(c.wbuf[:0], opBinary, len(head)+len(body))
 	if c.client {
 		c.wkey.set([4]byte(b[len(b)-4:]))
