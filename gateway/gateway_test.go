@@ -23,6 +23,7 @@ import (
 
 	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/drill"
+	"github.com/sitebridge/sitebridge/internal/backoff"
 	"github.com/sitebridge/sitebridge/internal/echo"
 	"github.com/sitebridge/sitebridge/tlsgen"
 	"github.com/sitebridge/sitebridge/tunnel"
@@ -470,16 +471,16 @@ func TestClientWaitsForTunnelWithinOpenTimeout(t *testing.T) {
 }
 
 func TestRedialDelay(t *testing.T) {
-	b := backoff{min: 100 * time.Millisecond, max: 5 * time.Second}
+	b := backoff.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	var last time.Duration
 	for range 20 {
 		last = redialDelay(&b, errors.New("tls: handshake failure"))
-		if last > b.max {
-			t.Fatalf("delay %v above the cap %v", last, b.max)
+		if last > b.Max {
+			t.Fatalf("delay %v above the cap %v", last, b.Max)
 		}
 	}
-	if last < b.max/2 {
-		t.Fatalf("after 20 failures the delay is %v, want near the cap %v", last, b.max)
+	if last < b.Max/2 {
+		t.Fatalf("after 20 failures the delay is %v, want near the cap %v", last, b.Max)
 	}
 	for _, err := range []error{
 		fmt.Errorf("dial: %w", syscall.ECONNREFUSED),
@@ -491,9 +492,9 @@ func TestRedialDelay(t *testing.T) {
 			}
 		}
 	}
-	b.reset()
-	if d := b.next(); d > b.min {
-		t.Fatalf("after reset the delay is %v, want at most %v", d, b.min)
+	b.Reset()
+	if d := b.Next(); d > b.Min {
+		t.Fatalf("after reset the delay is %v, want at most %v", d, b.Min)
 	}
 }
 

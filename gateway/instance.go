@@ -23,6 +23,7 @@ import (
 
 	"github.com/sitebridge/sitebridge/config"
 	"github.com/sitebridge/sitebridge/ha"
+	"github.com/sitebridge/sitebridge/internal/backoff"
 	"github.com/sitebridge/sitebridge/store"
 	"github.com/sitebridge/sitebridge/tlsgen"
 	"github.com/sitebridge/sitebridge/tunnel"
@@ -424,7 +425,7 @@ func (in *Instance) dialLoop(ctx context.Context, site, rawURL string) {
 		tc = in.tls.ClientConfig(u.Hostname(), in.authorizePeerSite(site))
 		tc.NextProtos = []string{"http/1.1"}
 	}
-	b := backoff{min: in.cfg.Tunnel.BackoffMin.D(), max: in.cfg.Tunnel.BackoffMax.D()}
+	b := backoff.Backoff{Min: in.cfg.Tunnel.BackoffMin.D(), Max: in.cfg.Tunnel.BackoffMax.D()}
 	failures := 0
 	for ctx.Err() == nil {
 		dctx, cancel := context.WithTimeout(ctx, in.cfg.Tunnel.DialTimeout.D())
@@ -451,13 +452,13 @@ func (in *Instance) dialLoop(ctx context.Context, site, rawURL string) {
 			// Another URL already reaches that instance: dial again when
 			// that tunnel ends.
 			in.peers.waitGone(ctx, s.Remote())
-			sleep(ctx, b.next())
-		case time.Since(up) < b.max:
+			sleep(ctx, b.Next())
+		case time.Since(up) < b.Max:
 			// A session that ends at once (refused after the hello, or a
 			// flapping peer) must not turn into a redial loop.
-			sleep(ctx, b.next())
+			sleep(ctx, b.Next())
 		default:
-			b.reset()
+			b.Reset()
 		}
 	}
 }
@@ -468,8 +469,8 @@ func (in *Instance) dialLoop(ctx context.Context, site, rawURL string) {
 // listening again.
 const refusedRedialCap = time.Second
 
-func redialDelay(b *backoff, err error) time.Duration {
-	d := b.next()
+func redialDelay(b *backoff.Backoff, err error) time.Duration {
+	d := b.Next()
 	if peerRestarting(err) {
 		return min(d, refusedRedialCap/2+rand.N(refusedRedialCap/2))
 	}

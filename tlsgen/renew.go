@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"time"
+
+	"github.com/sitebridge/sitebridge/internal/backoff"
 )
 
 // Renewal timing.
@@ -92,7 +93,7 @@ func (r *Renewer) Run(ctx context.Context) {
 		r.log.Warn("tls.renew.before is more than half the certificate's lifetime; renewing halfway instead",
 			"before", r.before, "lifetime", m.cert.Leaf.NotAfter.Sub(m.cert.Leaf.NotBefore))
 	}
-	b := renewBackoff{min: r.backoffMin, max: r.backoffMax}
+	b := backoff.Backoff{Min: r.backoffMin, Max: r.backoffMax}
 	failures := 0
 	expired := "" // serial of the expired certificate already reported
 	for {
@@ -118,7 +119,7 @@ func (r *Renewer) Run(ctx context.Context) {
 		err := r.renew(ctx, m)
 		if err == nil {
 			failures = 0
-			b.reset()
+			b.Reset()
 			// A certificate due as soon as it is issued (its lifetime is
 			// shorter than the CA's backdating) would be renewed in a
 			// loop: wait for half its remaining validity instead.
@@ -137,7 +138,7 @@ func (r *Renewer) Run(ctx context.Context) {
 			return
 		}
 		failures++
-		d := max(min(b.next(), leaf.NotAfter.Sub(r.now())), 0)
+		d := max(min(b.Next(), leaf.NotAfter.Sub(r.now())), 0)
 		r.log.Warn("certificate renewal failed", "err", err, "attempt", failures,
 			"retry_in", d.Round(time.Millisecond), "serial", serial(leaf), "not_after", leaf.NotAfter)
 		if !sleep(ctx, d) {
@@ -195,21 +196,3 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
-
-// renewBackoff yields capped exponential delays with equal jitter: each is
-// uniformly random in [d/2, d], where d doubles from min up to max.
-type renewBackoff struct {
-	min, max, cur time.Duration
-}
-
-func (b *renewBackoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	half := b.cur / 2
-	return half + rand.N(half+1)
-}
-
-func (b *renewBackoff) reset() { b.cur = 0 }
