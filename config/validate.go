@@ -439,6 +439,24 @@ func checkURL(s string, insecure bool) string {
 		}
 		return fmt.Sprintf("invalid URL %q: scheme must be wss", s)
 	}
+	if p := checkURLParts(s, u); p != "" {
+		return p
+	}
+	switch {
+	case u.Port() == "":
+		return fmt.Sprintf("invalid URL %q: an explicit port is required", s)
+	case !validPort(u.Port(), 1):
+		return fmt.Sprintf("invalid URL %q: port must be a number from 1 to 65535", s)
+	case !strings.HasPrefix(u.Path, "/"):
+		return fmt.Sprintf("invalid URL %q: the tunnel path is required (e.g. %s)", s, DefaultTunnelPath)
+	}
+	return ""
+}
+
+// checkURLParts checks what every URL in a config must be: a valid host,
+// no user information, no query or fragment. It returns a problem
+// description or "".
+func checkURLParts(s string, u *url.URL) string {
 	switch {
 	case u.Opaque != "" || u.Hostname() == "":
 		return fmt.Sprintf("invalid URL %q: host is required", s)
@@ -448,12 +466,6 @@ func checkURL(s string, insecure bool) string {
 		return fmt.Sprintf("invalid URL %q: must not contain a query or fragment", s)
 	case !validHost(u.Hostname()):
 		return fmt.Sprintf("invalid URL %q: bad host %q", s, u.Hostname())
-	case u.Port() == "":
-		return fmt.Sprintf("invalid URL %q: an explicit port is required", s)
-	case !validPort(u.Port(), 1):
-		return fmt.Sprintf("invalid URL %q: port must be a number from 1 to 65535", s)
-	case !strings.HasPrefix(u.Path, "/"):
-		return fmt.Sprintf("invalid URL %q: the tunnel path is required (e.g. %s)", s, DefaultTunnelPath)
 	}
 	return ""
 }
@@ -467,14 +479,8 @@ func checkCAURL(s string) string {
 		return fmt.Sprintf("invalid URL %q", s)
 	case u.Scheme != "https":
 		return fmt.Sprintf("invalid URL %q: scheme must be https", s)
-	case u.Opaque != "" || u.Hostname() == "":
-		return fmt.Sprintf("invalid URL %q: host is required", s)
-	case u.User != nil:
-		return fmt.Sprintf("invalid URL %q: must not contain user information", s)
-	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
-		return fmt.Sprintf("invalid URL %q: must not contain a query or fragment", s)
-	case !validHost(u.Hostname()):
-		return fmt.Sprintf("invalid URL %q: bad host %q", s, u.Hostname())
+	case checkURLParts(s, u) != "":
+		return checkURLParts(s, u)
 	case u.Port() != "" && !validPort(u.Port(), 1):
 		return fmt.Sprintf("invalid URL %q: port must be a number from 1 to 65535", s)
 	}
