@@ -225,10 +225,11 @@ func (s *Supervisor) Stop() bool {
 	return true
 }
 
-// Start starts a stopped instance again. It reports false if it is running.
+// Start starts a stopped instance again. It reports false if it is
+// running. An instance still stopping starts again once it has stopped.
 func (s *Supervisor) Start() bool {
 	s.mu.Lock()
-	running := s.cur != nil
+	running := s.cur != nil && s.stop != nil
 	s.mu.Unlock()
 	if running {
 		return false

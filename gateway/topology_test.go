@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestMemberAdmin: a member listening on every address is asked at its
@@ -58,4 +60,47 @@ func TestAdminRefusesCrossOriginPosts(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStartWhileStoppingStartsAgain: a start asked for right after a stop,
+// while the instance is still shutting down, is not refused as "running":
+// the instance starts again, as a new instance, once it has stopped.
+func TestStartWhileStoppingStartsAgain(t *testing.T) {
+	e := newEnv(t, "cloud/cloud1")
+	cfg := e.parse(cloudYAML("cloud1", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
+	s, err := NewSupervisor(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, nil) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	first := waitCurrent(t, s, nil)
+	if !s.Stop() {
+		t.Fatal("Stop of a running instance reported false")
+	}
+	if !s.Start() {
+		t.Fatal("Start right after Stop was refused")
+	}
+	waitCurrent(t, s, first)
+}
+
+// waitCurrent polls until the supervisor runs an instance other than not.
+func waitCurrent(t *testing.T, s *Supervisor, not *Instance) *Instance {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if in := s.Current(); in != nil && in != not {
+			return in
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no (new) instance running within 20s")
+	return nil
 }
