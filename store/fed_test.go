@@ -498,3 +498,28 @@ func TestFederationSenderStartsAgainEmpty(t *testing.T) {
 		})
 	}
 }
+
+func TestLostPartitions(t *testing.T) {
+	e1, e2 := Epoch{Ver: 1, Author: "a"}, Epoch{Ver: 2, Author: "b"}
+	base := &Table{Lineage: "L", Parts: []PartTable{{Epoch: e1, Owners: []string{"a"}, Synced: []string{"a"}}}}
+	fresh := func(lineage string, ep Epoch) *Table {
+		return &Table{Lineage: lineage, Parts: []PartTable{{Epoch: ep, Owners: []string{"b"}, Synced: []string{"b"}, Fresh: true}}}
+	}
+	for _, c := range []struct {
+		name string
+		base *Table
+		next *Table
+		live []string
+		want int
+	}{
+		{"its only holder is gone", base, fresh("L", e2), []string{"b"}, 1},
+		{"named to a member that never took it up", base, fresh("L", e2), []string{"a", "b"}, 0},
+		{"fresh flag carried over unchanged", &Table{Lineage: "L", Parts: []PartTable{{Epoch: e2, Synced: []string{"a"}}}}, fresh("L", e2), []string{"b"}, 0},
+		{"a new history", base, fresh("M", e2), []string{"b"}, 0},
+		{"no earlier table", nil, fresh("L", e2), []string{"b"}, 0},
+	} {
+		if got := len(lostPartitions(c.base, c.next, c.live)); got != c.want {
+			t.Errorf("%s: %d lost, want %d", c.name, got, c.want)
+		}
+	}
+}

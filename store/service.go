@@ -171,8 +171,6 @@ func (s *service) applyTable(t *Table, force bool) bool {
 			return false
 		}
 	}
-	fresh := 0
-	newHistory := old == nil || old.Lineage != t.Lineage
 	for i := range s.parts {
 		pt := &t.Parts[i]
 		s.pmu[i].Lock()
@@ -189,7 +187,6 @@ func (s *service) applyTable(t *Table, force bool) bool {
 				p.hold()
 				base := s.seqBase()
 				p.lastSeq, p.born, p.committed, p.purgeTo = base, base, base, base
-				fresh++
 			}
 			if p.holds && changed {
 				p.syncedEpoch = pt.Epoch
@@ -225,10 +222,6 @@ func (s *service) applyTable(t *Table, force bool) bool {
 			}
 		}
 		s.pmu[i].Unlock()
-	}
-	if fresh > 0 && !newHistory {
-		s.log.Warn("store: partitions no live member held start again empty; what only they held is lost (a rolling restart must wait for /readyz before stopping the next member)",
-			"scheme", s.name, "partitions", fresh, "epoch", t.Epoch)
 	}
 	s.table = t
 	close(s.tableCh)
@@ -475,6 +468,10 @@ func (s *service) coordinate(ctx context.Context) bool {
 		if cur == nil {
 			s.log.Info("store: new partition table history", "lineage", lineage, "partitions", s.nparts, "members", live)
 		}
+		if lost := lostPartitions(base, next, live); len(lost) > 0 {
+			s.log.Warn("store: partitions whose every copy was on members now gone start again empty; what only they held is lost (a rolling restart must wait for /readyz before stopping the next member)",
+				"partitions", len(lost), "first", lost[0], "members", live, "epoch", next.Epoch)
+		}
 		s.applyTable(next, true)
 		cur = next
 		s.log.Debug("store: table published", "epoch", next.Epoch, "members", live)
@@ -515,4 +512,24 @@ var errNoTable = errors.New("no partition table yet")
 // since that history began).
 func (s *service) seqBase() uint64 {
 	return uint64(max(time.Now().UnixNano(), s.clock.Next().Wall))
+}
+
+// lostPartitions lists the partitions next starts again empty although
+// base had them complete on a member that is not live any more: their
+// data is gone. (A partition named to a member that never took it up, as
+// while a site forms, starts empty again without loss.)
+func lostPartitions(base, next *Table, live []string) []int {
+	if base == nil || base.Lineage != next.Lineage {
+		return nil
+	}
+	var lost []int
+	for i := range next.Parts {
+		if !next.Parts[i].Fresh || i >= len(base.Parts) || next.Parts[i].Epoch == base.Parts[i].Epoch {
+			continue
+		}
+		if slices.ContainsFunc(base.Parts[i].Synced, func(m string) bool { return !slices.Contains(live, m) }) {
+			lost = append(lost, i)
+		}
+	}
+	return lost
 }
