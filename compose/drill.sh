@@ -166,6 +166,34 @@ tunnels_of() {
 		grep -o '"peer": *"[a-z0-9-]*"' | sort -u | wc -l
 }
 
+# ready_of SERVICE: does SERVICE's /readyz answer 200 (cluster joined, its
+# share of the site store copied, a tunnel to the other site)?
+ready_of() {
+	local pid
+	pid=$(docker inspect -f '{{.State.Pid}}' "$(cid "$1")" 2>/dev/null) || return 1
+	{ printf 'GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n' |
+		nsenter -t "$pid" -n timeout 3 nc -N -w 2 127.0.0.1 9100 2>/dev/null || true; } |
+		head -n 1 | grep -q ' 200 '
+}
+
+# wait_ready LIMIT: every instance is ready (as root; otherwise settle 1 s).
+# A rolling restart must wait for this before the next instance goes down,
+# or the site store loses the partitions whose only copy that one holds.
+wait_ready() {
+	local limit_ms=$(($1 * 1000)) t0 s
+	t0=$(sb_now_ms)
+	if ((!NSENTER)); then
+		sleep 1
+		return 0
+	fi
+	for s in "${SB_SERVICES[@]}"; do
+		until ready_of "$s"; do
+			(($(sb_now_ms) - t0 < limit_ms)) || { sb_log "${SB_SHORT[$s]} not ready within ${1}s"; return 1; }
+			sleep 0.2
+		done
+	done
+}
+
 # mesh_whole: both cloud instances hold a tunnel to both on-prem instances.
 mesh_whole() {
 	(($(tunnels_of cloud1.example.com) == 2 && $(tunnels_of cloud2.example.com) == 2))
@@ -243,7 +271,7 @@ scenario() {
 	sb_log "== $label: $method"
 
 	# 1. The suite is whole.
-	if ! wait_all_echo 30 || ! wait_mesh 20; then
+	if ! wait_all_echo 30 || ! wait_mesh 20 || ! wait_ready 60; then
 		fail "$label/$method: the suite was not whole before the scenario"
 		return 1
 	fi
