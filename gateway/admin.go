@@ -114,7 +114,11 @@ type Supervisor struct {
 	level   *slog.LevelVar     // the logger's level, set by reloads; may be nil
 	cur     *Instance          // the running instance, or nil when stopped
 	stop    context.CancelFunc // stops cur
-	startCh chan struct{}      // receives start requests while stopped
+	// pending: a start was asked for while the instance was stopped or
+	// stopping; the run loop takes it once the instance has stopped. A
+	// stop clears it. startCh only wakes the loop.
+	pending bool
+	startCh chan struct{}
 }
 
 // NewSupervisor checks that an instance can be made from cfg (TLS material
@@ -178,7 +182,7 @@ func (s *Supervisor) Run(ctx context.Context, ready func()) error {
 			in.adminAddr = adminLn.Addr().String()
 			ictx, cancel := context.WithCancelCause(ctx)
 			s.mu.Lock()
-			s.cur, s.stop = in, func() { cancel(errStopped) }
+			s.cur, s.stop, s.pending = in, func() { cancel(errStopped) }, false
 			s.mu.Unlock()
 			err = in.Run(ictx, readyOnce)
 			cancel(nil)
@@ -196,11 +200,27 @@ func (s *Supervisor) Run(ctx context.Context, ready func()) error {
 			return nil
 		}
 		s.log.Warn("instance stopped; POST /api/v1/start to start it again")
+		if !s.waitStart(ctx) {
+			return nil
+		}
+		s.log.Info("instance starting again (admin API)")
+	}
+}
+
+// waitStart waits for a start request; false when ctx ends first.
+func (s *Supervisor) waitStart(ctx context.Context) bool {
+	for {
+		s.mu.Lock()
+		if s.pending {
+			s.pending = false
+			s.mu.Unlock()
+			return true
+		}
+		s.mu.Unlock()
 		select {
 		case <-ctx.Done():
-			return nil
+			return false
 		case <-s.startCh:
-			s.log.Info("instance starting again (admin API)")
 		}
 	}
 }
@@ -212,11 +232,16 @@ func (s *Supervisor) Current() *Instance {
 	return s.cur
 }
 
-// Stop stops the running instance (its admin endpoint stays up). It
-// reports whether an instance was running.
+// Stop stops the running instance (its admin endpoint stays up), or
+// cancels a start asked for while it was stopping. It reports whether
+// there was either.
 func (s *Supervisor) Stop() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.pending {
+		s.pending = false
+		return true
+	}
 	if s.stop == nil {
 		return false
 	}
@@ -229,11 +254,12 @@ func (s *Supervisor) Stop() bool {
 // running. An instance still stopping starts again once it has stopped.
 func (s *Supervisor) Start() bool {
 	s.mu.Lock()
-	running := s.cur != nil && s.stop != nil
-	s.mu.Unlock()
-	if running {
+	if s.stop != nil {
+		s.mu.Unlock()
 		return false
 	}
+	s.pending = true
+	s.mu.Unlock()
 	select {
 	case s.startCh <- struct{}{}:
 	default:

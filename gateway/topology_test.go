@@ -82,13 +82,38 @@ func TestStartWhileStoppingStartsAgain(t *testing.T) {
 		}
 	}()
 	first := waitCurrent(t, s, nil)
+	if s.Start() {
+		t.Fatal("Start of a running instance reported true")
+	}
 	if !s.Stop() {
 		t.Fatal("Stop of a running instance reported false")
 	}
 	if !s.Start() {
 		t.Fatal("Start right after Stop was refused")
 	}
-	waitCurrent(t, s, first)
+	second := waitCurrent(t, s, first)
+
+	// Stop, start while stopping, stop again: the last word is stop, and
+	// the instance stays stopped until the next start.
+	if !s.Stop() || !s.Start() || !s.Stop() {
+		t.Fatal("stop, start, stop: one of them was refused")
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for s.Current() != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("still running 20s after the last stop")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for end := time.Now().Add(500 * time.Millisecond); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if s.Current() != nil {
+			t.Fatal("the instance started again by itself after stop, start, stop")
+		}
+	}
+	if !s.Start() {
+		t.Fatal("Start of a stopped instance was refused")
+	}
+	waitCurrent(t, s, second)
 }
 
 // waitCurrent polls until the supervisor runs an instance other than not.

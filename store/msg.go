@@ -410,7 +410,11 @@ func decodeReq(b []byte) (*req, error) {
 	for range d.n(6) {
 		r.Positions = append(r.Positions, d.fedPos())
 	}
-	r.Born = d.uv()
+	if len(d.b) > 0 {
+		// Born came last, after the first release: a message from an
+		// instance without it decodes with Born 0.
+		r.Born = d.uv()
+	}
 	if err := d.done(); err != nil {
 		return nil, err
 	}

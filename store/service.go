@@ -186,7 +186,12 @@ func (s *service) applyTable(t *Table, force bool) bool {
 			if !p.holds && pt.Fresh {
 				p.hold()
 				base := s.seqBase()
-				p.lastSeq, p.born, p.committed, p.purgeTo = base, base, base, base
+				p.lastSeq, p.born, p.committed = base, base, base
+				if s.fed != nil {
+					// Kept for the participants until they have it;
+					// without federation the journal is trimmed to retain.
+					p.purgeTo = base
+				}
 			}
 			if p.holds && changed {
 				p.syncedEpoch = pt.Epoch

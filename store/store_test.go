@@ -396,3 +396,31 @@ func TestRestartInPlaceRejoins(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalTrimmedWithoutFederation: without federation a partition's
+// journal keeps only the retained entries (a fresh partition must not keep
+// every change for participants that do not exist).
+func TestJournalTrimmedWithoutFederation(t *testing.T) {
+	o := testOptions()
+	o.Partitions, o.JournalRetain = 1, 10
+	c := newMemCluster(t, o)
+	defer c.stopAll()
+	c.start("a")
+	c.start("b")
+	c.waitSettled(t, 10*time.Second)
+	ctx := context.Background()
+	for i := range 100 {
+		if err := c.store("a").Put(ctx, "", "c", fmt.Sprintf("k%d", i), []byte("v"), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range []string{"a", "b"} {
+		s := c.store(m).services["default"]
+		s.pmu[0].Lock()
+		n := len(s.parts[0].journal)
+		s.pmu[0].Unlock()
+		if n > 2*o.JournalRetain {
+			t.Errorf("%s holds %d journal entries, want at most about %d retained", m, n, o.JournalRetain)
+		}
+	}
+}

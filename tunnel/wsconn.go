@@ -478,6 +478,11 @@ const tlsRecord = 16 << 10
 // peer must not hold up failover.
 func (c *wsConn) Close() error {
 	c.fw.closeAll()
+	if c.cork != nil {
+		// First the socket: a message stuck in the cork's write (a dead
+		// peer with a full window) must not hold the TLS close up.
+		c.cork.Conn.Close()
+	}
 	return c.conn.Close()
 }
 
