@@ -181,6 +181,22 @@ func (s *service) staleLocked(p *partition, r *req) *resp {
 	return &resp{Status: stStale, Msg: "partition " + strconv.Itoa(r.Part) + " epoch " + p.epoch.String() + ", sender " + r.Epoch.String()}
 }
 
+// observe moves this member's clock past the versions of entries it
+// takes from a primary, so that a change it makes as primary later (after
+// a failover, or in a partition that starts again empty: its seq base) is
+// newer than what it holds, whatever the clocks of the members.
+func (s *service) observe(ops []jentry) {
+	var newest Version
+	for i := range ops {
+		if ops[i].Ver.Compare(newest) > 0 {
+			newest = ops[i].Ver
+		}
+	}
+	if !newest.IsZero() {
+		s.clock.Observe(newest)
+	}
+}
+
 // install receives a delta or a snapshot chunk from the primary.
 func (s *service) install(r *req) *resp {
 	s.pmu[r.Part].Lock()
@@ -203,6 +219,7 @@ func (s *service) install(r *req) *resp {
 			}
 			p.apply(j)
 		}
+		s.observe(r.Ops)
 		if r.Last {
 			if p.lastSeq != r.LastSeq {
 				return &resp{Status: stNeedSync, Msg: "delta did not reach the primary's last change"}
@@ -222,6 +239,16 @@ func (s *service) install(r *req) *resp {
 		return &resp{Status: stNeedSync, Msg: "snapshot chunk without its start"}
 	}
 	p.staging.install(r.Items)
+	var newest Version
+	for i := range r.Items {
+		if r.Items[i].Ver.Compare(newest) > 0 {
+			newest = r.Items[i].Ver
+		}
+	}
+	if !newest.IsZero() {
+		s.clock.Observe(newest)
+	}
+	s.observe(r.Ops)
 	if r.Last {
 		st := p.staging
 		p.staging = nil
@@ -266,6 +293,7 @@ func (s *service) replicated(r *req) *resp {
 		}
 		p.apply(j)
 	}
+	s.observe(r.Ops)
 	p.purgeTo = r.Purge
 	p.purge(s.keep(), p.purgeTo)
 	return &resp{}

@@ -424,3 +424,28 @@ func TestJournalTrimmedWithoutFederation(t *testing.T) {
 		}
 	}
 }
+
+// TestBackupClockFollowsPrimary: a backup's clock moves past the versions
+// it takes from the primary, so that as primary later its changes (and the
+// seq base of a partition it starts again) are newer than what it holds,
+// even when the primary's clock ran ahead.
+func TestBackupClockFollowsPrimary(t *testing.T) {
+	o := testOptions()
+	o.Partitions = 1
+	c := newMemCluster(t, o)
+	defer c.stopAll()
+	c.start("a")
+	c.start("b")
+	c.waitSettled(t, 10*time.Second)
+	s := c.store("a").services["default"]
+	tb, _ := s.currentTable()
+	primary, backup := tb.Parts[0].Owners[0], tb.Parts[0].Owners[1]
+	ahead := time.Now().Add(time.Hour).UnixNano()
+	c.store(primary).clock.Observe(Version{Wall: ahead})
+	if err := c.store(primary).Put(context.Background(), "", "c", "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.store(backup).clock.Next().Wall; got < ahead {
+		t.Fatalf("backup %s's clock reads %d, behind the primary's version %d", backup, got, ahead)
+	}
+}
