@@ -53,7 +53,7 @@ func chromiumPath(t *testing.T) string {
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg + ": CI must run the browser test (.ci/run installs it)")
 	}
-	t.Skip(msg)
+	t.Skip("environment: " + msg)
 	return ""
 }
 

@@ -69,7 +69,7 @@ func stepCABinary(t *testing.T) string {
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
 	}
-	t.Skip(msg)
+	t.Skip("environment: " + msg)
 	return ""
 }
 
