@@ -7,9 +7,10 @@ import (
 )
 
 // crypto/tls writes each record (at most 16 KiB of plaintext) with a
-// write of its own, so a 64 KiB WebSocket message would cost four system
-// calls. A corkConn sits under the TLS connection and, while the message
-// is written, gathers the records so that the message leaves in one write.
+// write of its own, so a 256 KiB yamux frame (four WebSocket messages)
+// would cost sixteen system calls. A corkConn sits under the TLS
+// connection and, while wsConn writes one yamux frame, gathers the records
+// so that the frame leaves in one write.
 // Outside a message (handshake, alerts, key updates) writes pass straight
 // through.
 
@@ -48,7 +49,7 @@ func (c *corkConn) uncork() error {
 		return nil
 	}
 	_, err := c.Conn.Write(c.buf)
-	if cap(c.buf) > 256<<10 {
+	if cap(c.buf) > 512<<10 {
 		c.buf = nil // a rare big message does not pin its buffer
 	} else {
 		c.buf = c.buf[:0]
@@ -67,7 +68,7 @@ func corkOf(conn net.Conn) *corkConn {
 }
 
 // CorkListener wraps the listener a tunnel server serves TLS on, so that
-// each WebSocket message it sends leaves in one write (see corkConn).
+// each yamux frame it sends leaves in one write (see corkConn).
 // Connections it accepts work as before without it.
 func CorkListener(ln net.Listener) net.Listener { return corkListener{ln} }
 

@@ -265,6 +265,7 @@ type streamPipe struct {
 	// checked: a poll since the stream was watched found it neither
 	// ended nor holding data, so its end will be counted (sw.ended).
 	checked bool
+	big     bool // copies with big buffers (see getBuf); the runs one at a time
 }
 
 // parkedPipe starts copying src to dst with a streamPipe, if src is a
@@ -346,7 +347,7 @@ func (p *streamPipe) run() {
 	var buf *[]byte
 	defer func() {
 		if buf != nil {
-			copyBufs.Put(buf)
+			putBuf(buf)
 		}
 	}()
 	var copied int64 // in this run
@@ -360,7 +361,7 @@ func (p *streamPipe) run() {
 				p.finish(endErr(err))
 				return
 			}
-			buf = copyBufs.Get().(*[]byte)
+			buf = getBuf(p.big)
 		}
 		n, err := p.st.Read(*buf)
 		if n > 0 {
@@ -380,13 +381,18 @@ func (p *streamPipe) run() {
 			return
 		}
 		if n == len(*buf) {
+			if grow(*buf, n) {
+				p.big = true // a bulk transfer: read more at once
+				putBuf(buf)
+				buf = nil
+			}
 			continue // there may be more
 		}
 		// The stream's buffer is drained. Park without a buffer or a
 		// goroutine, unless a frame of the stream was processed since
 		// seq was read: then it may have brought data this Read did not
 		// see, and the loop reads again.
-		copyBufs.Put(buf)
+		putBuf(buf)
 		buf = nil
 		if !p.checked {
 			if err := p.poll(); err != errNothingYet {

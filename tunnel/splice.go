@@ -22,15 +22,48 @@ func halfClose(c net.Conn) {
 }
 
 // spliceChunk is the most a pipe reads at once: one yamux data frame of
-// this size plus its header is exactly one WebSocket message of maxWSWrite
-// bytes (see wsConn), four full TLS records with the frame header.
-const spliceChunk = maxWSWrite - yamuxHeaderLen
+// this size plus its header is exactly four WebSocket messages of
+// maxWSWrite bytes (see wsConn), sixteen full TLS records, which leave in
+// one write.
+const spliceChunk = 4*maxWSWrite - yamuxHeaderLen
 
-// copyBufs holds the copy buffers of every pipe. A pipe holds one only
-// while bytes flow: an idle forwarded connection waits for input without a
-// buffer (see pipe), and its stream side without a goroutine either (see
-// streamPipe), which keeps a held connection cheap.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, spliceChunk); return &b }}
+// smallChunk is what a pipe reads at once until a read fills it: one
+// message. Interactive connections never need more, and a burst of new
+// connections does not take spliceChunk each.
+const smallChunk = maxWSWrite - yamuxHeaderLen
+
+// smallBufs and bigBufs hold the copy buffers of every pipe. A pipe holds
+// one only while bytes flow: an idle forwarded connection waits for input
+// without a buffer (see pipe), and its stream side without a goroutine
+// either (see streamPipe), which keeps a held connection cheap. A pipe
+// starts with a small buffer and moves to a big one for good once a read
+// fills the small one (bulk transfer).
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallChunk); return &b }}
+	bigBufs   = sync.Pool{New: func() any { b := make([]byte, spliceChunk); return &b }}
+)
+
+// getBuf takes a copy buffer: a big one for a pipe that has filled a small
+// one.
+func getBuf(big bool) *[]byte {
+	if big {
+		return bigBufs.Get().(*[]byte)
+	}
+	return smallBufs.Get().(*[]byte)
+}
+
+// putBuf gives a buffer from getBuf back.
+func putBuf(b *[]byte) {
+	if cap(*b) >= spliceChunk {
+		bigBufs.Put(b)
+	} else {
+		smallBufs.Put(b)
+	}
+}
+
+// grow reports whether a pipe reading into buf should move to big buffers
+// after a read of n bytes: the read filled a small buffer.
+func grow(buf []byte, n int) bool { return n == len(buf) && len(buf) < spliceChunk }
 
 // Splice copies bytes both ways between a and b until both directions have
 // ended, preserving half-close: when one side stops sending, the other
@@ -76,12 +109,12 @@ func pipe(dst, src net.Conn) int64 {
 }
 
 // source reads from one side of a pipe into a pooled buffer. read returns
-// the bytes in (*buf)[:n]; it takes a buffer from copyBufs when *buf is nil
+// the bytes in (*buf)[:n]; it takes a buffer (getBuf(big)) when *buf is nil
 // and may return the buffer to the pool (leaving *buf nil) while it waits
 // for input. release reports whether the caller should return the buffer
 // after a read that did not fill it (the source was drained).
 type source interface {
-	read(buf **[]byte) (int, error)
+	read(buf **[]byte, big bool) (int, error)
 	releaseWhenDrained() bool
 }
 
@@ -89,13 +122,14 @@ type source interface {
 func copyConn(dst io.Writer, src net.Conn) (written int64, err error) {
 	s := sourceFor(src)
 	var buf *[]byte
+	big := false
 	defer func() {
 		if buf != nil {
-			copyBufs.Put(buf)
+			putBuf(buf)
 		}
 	}()
 	for {
-		n, rerr := s.read(&buf)
+		n, rerr := s.read(&buf, big)
 		if n > 0 {
 			nw, werr := dst.Write((*buf)[:n])
 			written += int64(nw)
@@ -105,8 +139,12 @@ func copyConn(dst io.Writer, src net.Conn) (written int64, err error) {
 			if nw != n {
 				return written, io.ErrShortWrite
 			}
-			if n < len(*buf) && s.releaseWhenDrained() {
-				copyBufs.Put(buf)
+			if grow(*buf, n) {
+				big = true
+				putBuf(buf)
+				buf = nil
+			} else if n < len(*buf) && s.releaseWhenDrained() {
+				putBuf(buf)
 				buf = nil
 			}
 		}
@@ -140,12 +178,12 @@ func sourceFor(c net.Conn) source {
 // behaviour of the yamux version in go.mod).
 type streamSource struct{ st *yamux.Stream }
 
-func (s streamSource) read(buf **[]byte) (int, error) {
+func (s streamSource) read(buf **[]byte, big bool) (int, error) {
 	if *buf == nil {
 		if _, err := s.st.Read(nil); err != nil {
 			return 0, err
 		}
-		*buf = copyBufs.Get().(*[]byte)
+		*buf = getBuf(big)
 	}
 	return s.st.Read(**buf)
 }
@@ -155,9 +193,9 @@ func (streamSource) releaseWhenDrained() bool { return true }
 // plainSource is any other connection: it holds its buffer while it waits.
 type plainSource struct{ r io.Reader }
 
-func (s plainSource) read(buf **[]byte) (int, error) {
+func (s plainSource) read(buf **[]byte, big bool) (int, error) {
 	if *buf == nil {
-		*buf = copyBufs.Get().(*[]byte)
+		*buf = getBuf(big)
 	}
 	return s.r.Read(**buf)
 }

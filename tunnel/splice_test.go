@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -275,7 +276,7 @@ func TestFullMessagesAtMinimumReadLimit(t *testing.T) {
 			got, rerr = io.ReadAll(st)
 			close(done)
 		}()
-		// Writes of spliceChunk bytes make frames that fill a message.
+		// Writes of spliceChunk bytes make frames that fill four messages.
 		for off := 0; off < len(data); off += spliceChunk {
 			if _, err := st.Write(data[off:min(off+spliceChunk, len(data))]); err != nil {
 				t.Fatal(err)
@@ -291,5 +292,55 @@ func TestFullMessagesAtMinimumReadLimit(t *testing.T) {
 	case <-cli.Done():
 		t.Fatal("session ended")
 	default:
+	}
+}
+
+// sizedReader is a connection whose reads return want(len(p)) bytes, left
+// times, then EOF; it records the size of every read buffer.
+type sizedReader struct {
+	net.Conn
+	want  func(room int) int
+	left  int
+	sizes []int
+}
+
+func (r *sizedReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	r.left--
+	r.sizes = append(r.sizes, len(p))
+	return r.want(len(p)), nil
+}
+
+// TestPipeBufferGrowsForBulk: a pipe reads into a small buffer, and moves
+// to big ones only once a read fills the small one; an interactive
+// connection never does.
+func TestPipeBufferGrowsForBulk(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		want      func(room int) int
+		wantSizes []int
+	}{
+		{"bulk", func(room int) int { return room }, []int{smallChunk, spliceChunk, spliceChunk, spliceChunk}},
+		{"interactive", func(int) int { return 100 }, []int{smallChunk, smallChunk, smallChunk, smallChunk}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := &sizedReader{want: tc.want, left: len(tc.wantSizes)}
+			n, err := copyConn(io.Discard, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var total int64
+			for _, s := range r.sizes {
+				total += int64(tc.want(s))
+			}
+			if n != total {
+				t.Fatalf("copied %d bytes, want %d", n, total)
+			}
+			if !slices.Equal(r.sizes, tc.wantSizes) {
+				t.Fatalf("read buffer sizes %v, want %v", r.sizes, tc.wantSizes)
+			}
+		})
 	}
 }

@@ -24,12 +24,12 @@ func rawSource(c *net.TCPConn) source {
 	return fdSource{rc}
 }
 
-func (s fdSource) read(buf **[]byte) (int, error) {
+func (s fdSource) read(buf **[]byte, big bool) (int, error) {
 	var n int
 	var rerr error
 	err := s.rc.Read(func(fd uintptr) bool {
 		if *buf == nil {
-			*buf = copyBufs.Get().(*[]byte)
+			*buf = getBuf(big)
 		}
 		for {
 			n, rerr = syscall.Read(int(fd), **buf)
@@ -38,7 +38,7 @@ func (s fdSource) read(buf **[]byte) (int, error) {
 			}
 		}
 		if rerr == syscall.EAGAIN {
-			copyBufs.Put(*buf)
+			putBuf(*buf)
 			*buf = nil
 			return false // wait until readable, then call again
 		}

@@ -81,11 +81,13 @@ var errCloseSent = errors.New("websocket: connection closing (close frame sent)"
 //     sending the close frame and failing at once;
 //   - Read never returns bytes past the end of the current yamux frame, so
 //     that frameWatch knows when yamux has processed a frame (park.go);
-//   - Write sends each call as one unfragmented binary message of at most
-//     maxWSWrite bytes. yamux writes a data frame as two calls (its 12-byte
-//     header, then the body); a data frame header is held back and sent in
-//     the same message as its body. The TLS layer sees whole 16 KiB records
-//     (see writeMessage).
+//   - Write sends each call as unfragmented binary messages of at most
+//     maxWSWrite bytes, all in one write of the socket under TLS (the
+//     cork). yamux writes a data frame as two calls (its 12-byte header,
+//     then the body); a data frame header is held back and sent in the
+//     same message as its body. The TLS layer sees whole 16 KiB records
+//     (see writeMessage), and a full frame of spliceChunk bytes leaves as
+//     four messages in one system call.
 //
 // Only yamux's receive loop reads, and only its send loop writes data;
 // control frames (pong, close) written by the reader share the write lock.
@@ -107,7 +109,7 @@ type wsConn struct {
 
 	readErr atomic.Pointer[error] // the first read error: why the session really ended
 	fw      *frameWatch           // follows the yamux frames read (see park.go)
-	cork    *corkConn             // under the TLS connection, if any: one write per message (cork.go)
+	cork    *corkConn             // under the TLS connection, if any: one write per Write (cork.go)
 
 	// Write state, under wmu.
 	wmu       sync.Mutex
@@ -401,7 +403,7 @@ func (c *wsConn) appendHeader(b []byte, op byte, n int) []byte {
 }
 
 // Write sends p as binary messages (see wsConn).
-func (c *wsConn) Write(p []byte) (int, error) {
+func (c *wsConn) Write(p []byte) (n int, err error) {
 	if c.pending == nil && isDataHeader(p) {
 		// Only yamux's send loop writes data, so pending needs no lock:
 		// the body follows in its next call.
@@ -417,7 +419,15 @@ func (c *wsConn) Write(p []byte) (int, error) {
 	if c.wbuf == nil {
 		c.wbuf = make([]byte, 0, wsMaxHeader+maxWSWrite)
 	}
-	n := len(p)
+	if c.cork != nil {
+		c.cork.cork()
+		defer func() {
+			if uerr := c.cork.uncork(); err == nil {
+				err = uerr
+			}
+		}()
+	}
+	n = len(p)
 	for first := true; first || len(p) > 0; first = false {
 		take := min(len(p), maxWSWrite-len(c.pending))
 		if err := c.writeMessage(c.pending, p[:take]); err != nil {
@@ -439,14 +449,6 @@ func (c *wsConn) Write(p []byte) (int, error) {
 // each write into records of 16 KiB, so the two writes make the same
 // records as one, without copying the whole message.
 func (c *wsConn) writeMessage(head, body []byte) (err error) {
-	if c.cork != nil {
-		c.cork.cork()
-		defer func() {
-			if uerr := c.cork.uncork(); err == nil {
-				err = uerr
-			}
-		}()
-	}
 	b := c.appendHeader(c.wbuf[:0], opBinary, len(head)+len(body))
 	if c.client {
 		c.wkey.set([4]byte(b[len(b)-4:]))

@@ -20,7 +20,7 @@ func BenchmarkWSConnWrite(b *testing.B) {
 	}{{"acceptor", false}, {"dialler", true}} {
 		b.Run(side.name, func(b *testing.B) {
 			c := newWSConn(discardConn{}, nil, side.client, minReadLimit)
-			hdr := []byte{0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0xff, 0xec}
+			hdr := []byte{0, 0, 0, 0, 0, 0, 0, 1, 0, 0x03, 0xff, 0xd4} // length spliceChunk
 			body := make([]byte, spliceChunk)
 			b.SetBytes(int64(len(body)))
 			for b.Loop() {
