@@ -446,8 +446,11 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 	type measure struct {
 		group, unit, target string
 		run                 func(t targets) ([]float64, error) // one run: one value per figure
-		keys                []string
-		names               []string
+		// runAll, instead of run, measures every path in one run: one
+		// value per figure for each path, in the order given.
+		runAll func(ts []targets) ([][]float64, error)
+		keys   []string
+		names  []string
 		// cpu names a figure of the CPU time the forwarding processes
 		// spend per GB moved, from this throughput measure (MB/s).
 		cpuKey, cpuName string
@@ -467,13 +470,24 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 	if all {
 		ms = append(ms,
 			measure{group: "echo", keys: []string{"echo_p50", "echo_p99"}, names: []string{"echo 64 B round trip p50", "echo 64 B round trip p99"}, unit: "µs",
-				run: func(t targets) ([]float64, error) {
-					s, err := echoRTT(ctx, t.echo(), p.echoWarm, p.echoN, p.echoMax)
+				// All paths take turns on their connections (see
+				// echoInterleaved): the direct baseline jumps between
+				// latency modes on these machines.
+				runAll: func(ts []targets) ([][]float64, error) {
+					dials := make([]dialFunc, len(ts))
+					for i, t := range ts {
+						dials[i] = t.echo()
+					}
+					s, err := echoInterleaved(ctx, dials, p.echoWarm, p.echoN, time.Duration(len(ts))*p.echoMax)
 					if err != nil {
 						return nil, err
 					}
 					us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
-					return []float64{us(percentile(s, 50)), us(percentile(s, 99))}, nil
+					out := make([][]float64, len(s))
+					for i, ps := range s {
+						out[i] = []float64{us(percentile(ps, 50)), us(percentile(ps, 99))}
+					}
+					return out, nil
 				}},
 			measure{group: "conns", keys: []string{"conns_per_s"}, names: []string{fmt.Sprintf("new conns/s (%d workers, 1 round trip each)", p.connWorkers)}, unit: "/s", target: "≥ 0.5",
 				run: func(t targets) ([]float64, error) {
@@ -519,6 +533,25 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 		}
 		var failure error
 		for r := range p.runs {
+			if m.runAll != nil {
+				ts := make([]targets, len(paths))
+				for i, pa := range paths {
+					ts[i] = pa.t
+				}
+				vs, err := m.runAll(ts)
+				if err != nil {
+					failure = fmt.Errorf("run %d: %w", r+1, err)
+					fmt.Fprintf(prog, "  %s run %d: %v\n", m.names[0], r+1, err)
+					continue
+				}
+				for j, pa := range paths {
+					for i := range vs[j] {
+						pa.out[i] = append(pa.out[i], vs[j][i])
+					}
+					fmt.Fprintf(prog, "  %-42s %-6s run %d/%d: %s\n", m.names[0], pa.name, r+1, p.runs, fmtVals(vs[j], m.unit))
+				}
+				continue
+			}
 			for _, pa := range paths {
 				if ctx.Err() != nil {
 					failure = ctx.Err()

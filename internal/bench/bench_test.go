@@ -122,4 +122,8 @@ func TestLoadAgainstServers(t *testing.T) {
 		}
 		closeAll(conns)
 	}
+	s, err := echoInterleaved(ctx, []dialFunc{direct.echo(), relay.echo()}, 10, 100, 2*time.Second)
+	if err != nil || len(s) != 2 || len(s[0]) != 100 || len(s[1]) != 100 {
+		t.Errorf("interleaved echo: %d paths, %v", len(s), err)
+	}
 }

@@ -176,6 +176,68 @@ func echoRTT(ctx context.Context, dial dialFunc, warm, n int, maxDur time.Durati
 	return samples, nil
 }
 
+// echoBlock is how many round trips in a row echoInterleaved makes on one
+// connection before the next takes its turn: enough that each path runs
+// warm, as on a busy connection, and few enough (a few milliseconds) that
+// every path sees the same phases of the machine.
+const echoBlock = 50
+
+// echoInterleaved measures round trips like echoRTT on one connection per
+// dial, taking turns in blocks of echoBlock round trips: warm round trips
+// first, then up to n measured ones on each connection within maxDur in
+// all. Every path is measured in the same stretches of time, so a shift of
+// the machine's latency (these VMs jump between modes) moves all paths
+// alike and their ratios stay meaningful. It returns the samples of each
+// dial, in order.
+func echoInterleaved(ctx context.Context, dials []dialFunc, warm, n int, maxDur time.Duration) ([][]time.Duration, error) {
+	conns := make([]net.Conn, 0, len(dials))
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	start := time.Now()
+	for _, dial := range dials {
+		c, err := dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		c.SetDeadline(start.Add(maxDur + ioGrace))
+		conns = append(conns, c)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		for _, c := range conns {
+			c.SetDeadline(time.Now())
+		}
+	})
+	defer stop()
+	out, in := payload[:echoSize], make([]byte, echoSize)
+	samples := make([][]time.Duration, len(conns))
+	for i := range samples {
+		samples[i] = make([]time.Duration, 0, n)
+	}
+	for done := 0; done < warm+n && time.Since(start) < maxDur; done += echoBlock {
+		for j, c := range conns {
+			for i := done; i < min(done+echoBlock, warm+n); i++ {
+				t0 := time.Now()
+				if _, err := c.Write(out); err != nil {
+					return nil, err
+				}
+				if _, err := io.ReadFull(c, in); err != nil {
+					return nil, err
+				}
+				if i >= warm {
+					samples[j] = append(samples[j], time.Since(t0))
+				}
+			}
+		}
+	}
+	if len(samples[0]) == 0 {
+		return nil, errors.New("no round trip measured within the time limit")
+	}
+	return samples, nil
+}
+
 // roundTrip echoes echoSize bytes once on c.
 func roundTrip(c net.Conn) error {
 	if _, err := c.Write(payload[:echoSize]); err != nil {
