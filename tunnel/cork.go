@@ -10,7 +10,8 @@ import (
 // write of its own, so a 256 KiB yamux frame (four WebSocket messages)
 // would cost sixteen system calls. A corkConn sits under the TLS
 // connection and, while wsConn writes one yamux frame, gathers the records
-// so that the frame leaves in one write.
+// so that the frame (up to corkMessages messages of it) leaves in one
+// write.
 // Outside a message (handshake, alerts, key updates) writes pass straight
 // through.
 

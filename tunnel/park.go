@@ -80,6 +80,11 @@ type streamWatch struct {
 	ended  bool   // a FIN or RST has been processed: Read no longer waits
 	noPark bool   // the pipe must block from now on (see takeOver)
 	wake   func() // the parked pipe's resumption, or nil
+	// shrink, set while parked after a bulk run, drops the stream's
+	// receive buffer once it has stayed parked through a whole sweep
+	// (see sweep); swept says a sweep has seen it parked.
+	shrink func()
+	swept  bool
 }
 
 func newFrameWatch() *frameWatch {
@@ -152,7 +157,7 @@ func (w *frameWatch) flush() {
 				s.ended = s.ended || d.end
 				if s.wake != nil {
 					wakes = append(wakes, s.wake)
-					s.wake = nil
+					s.wake, s.shrink = nil, nil
 				}
 			}
 		}
@@ -212,7 +217,11 @@ func (w *frameWatch) seq(s *streamWatch) uint64 {
 // has ended (then it returns false and the caller reads again), or the
 // session is ending or the pipe was taken over (block: the caller must
 // wait in Read from now on).
-func (w *frameWatch) park(s *streamWatch, seq uint64, wake func()) (parked, block bool) {
+//
+// shrink, if not nil, is called if the pipe stays parked through a whole
+// sweep (see sweep): it lets yamux drop a receive buffer that a bulk run
+// left big.
+func (w *frameWatch) park(s *streamWatch, seq uint64, wake, shrink func()) (parked, block bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed || s.noPark {
@@ -225,7 +234,36 @@ func (w *frameWatch) park(s *streamWatch, seq uint64, wake func()) (parked, bloc
 		return false, false
 	}
 	s.wake = wake
+	s.shrink, s.swept = shrink, false
 	return true, false
+}
+
+// shrinkEvery is the period of sweep: a stream parked after a bulk run
+// keeps its receive buffer (yamux sizes it to a frame, up to about
+// 512 KiB) for one to two periods of idleness, then gives it back.
+const shrinkEvery = 2 * time.Second
+
+// sweep lets yamux drop the receive buffers of streams that have stayed
+// parked since the last sweep after a bulk run. A bulk stream that parks
+// between frames keeps its buffer, so it is not allocated again for every
+// frame; an idle one does not hold it for good.
+func (w *frameWatch) sweep() {
+	var shrinks []func()
+	w.mu.Lock()
+	for _, s := range w.streams {
+		switch {
+		case s.wake == nil || s.shrink == nil:
+		case s.swept:
+			shrinks = append(shrinks, s.shrink)
+			s.shrink = nil
+		default:
+			s.swept = true
+		}
+	}
+	w.mu.Unlock()
+	for _, f := range shrinks {
+		f()
+	}
 }
 
 // watches maps each session whose frames are followed to its watch.
@@ -236,8 +274,17 @@ var watches sync.Map // *yamux.Session -> *frameWatch
 func watchFrames(mux *yamux.Session, conn *wsConn) {
 	watches.Store(mux, conn.fw)
 	go func() {
-		<-mux.CloseChan()
-		watches.Delete(mux)
+		t := time.NewTicker(shrinkEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-mux.CloseChan():
+				watches.Delete(mux)
+				return
+			case <-t.C:
+				conn.fw.sweep()
+			}
+		}
 	}()
 }
 
@@ -265,7 +312,7 @@ type streamPipe struct {
 	// checked: a poll since the stream was watched found it neither
 	// ended nor holding data, so its end will be counted (sw.ended).
 	checked bool
-	big     bool // copies with big buffers (see getBuf); the runs one at a time
+	big     bool // copies with big buffers (see getBuf); only the current run uses it, and runs never overlap
 }
 
 // parkedPipe starts copying src to dst with a streamPipe, if src is a
@@ -293,7 +340,7 @@ func parkedPipe(src, dst net.Conn) *streamPipe {
 	// an error for the stream's end.
 	seq := fw.seq(sw)
 	if p.poll() == errNothingYet {
-		if parked, _ := fw.park(sw, seq, p.start); parked {
+		if parked, _ := fw.park(sw, seq, p.start, nil); parked {
 			return p
 		}
 	}
@@ -403,14 +450,18 @@ func (p *streamPipe) run() {
 				continue // more data came meanwhile
 			}
 		}
+		var shrink func()
 		if copied < shrinkBelow {
 			// Little came: the stream is interactive or idle. Let yamux
 			// drop its receive buffer (it allocates one for the next
 			// frame, of that frame's size). A bulk stream keeps its
-			// buffer, so as not to reallocate it for every frame.
+			// buffer, so as not to reallocate it for every frame, until
+			// it has stayed parked for a while (see sweep).
 			p.st.Shrink()
+		} else {
+			shrink = p.st.Shrink
 		}
-		if parked, block := p.fw.park(p.sw, seq, p.start); parked {
+		if parked, block := p.fw.park(p.sw, seq, p.start, shrink); parked {
 			return
 		} else if block {
 			// Block until the stream ends.

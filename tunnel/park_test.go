@@ -377,3 +377,42 @@ func TestSpliceHalfClosedTimesOut(t *testing.T) {
 		t.Fatal("Splice did not return after the stream's close timeout")
 	}
 }
+
+// TestSweepShrinksIdleBulkStreams: a stream parked after a bulk run gives
+// its receive buffer back once it has stayed parked through a whole sweep,
+// and not before; one that wakes in between, or parked after little,
+// keeps nothing to shrink.
+func TestSweepShrinksIdleBulkStreams(t *testing.T) {
+	w := newFrameWatch()
+	idle, busy, small := w.watch(1), w.watch(2), w.watch(3)
+	shrunk := map[string]int{}
+	shrinker := func(name string) func() { return func() { shrunk[name]++ } }
+	nop := func() {}
+	for _, tc := range []struct {
+		s      *streamWatch
+		shrink func()
+	}{{idle, shrinker("idle")}, {busy, shrinker("busy")}, {small, nil}} {
+		if parked, _ := w.park(tc.s, w.seq(tc.s), nop, tc.shrink); !parked {
+			t.Fatal("did not park")
+		}
+	}
+	w.sweep()
+	if len(shrunk) != 0 {
+		t.Fatalf("first sweep shrank %v; want nothing yet", shrunk)
+	}
+	// A frame of stream 2 wakes its pipe, which parks again after
+	// another bulk run.
+	w.done = append(w.done, frameDone{id: 2})
+	w.flush()
+	if parked, _ := w.park(busy, w.seq(busy), nop, shrinker("busy")); !parked {
+		t.Fatal("did not park again")
+	}
+	w.sweep()
+	if shrunk["idle"] != 1 || shrunk["busy"] != 0 || len(shrunk) != 1 {
+		t.Fatalf("second sweep shrank %v; want idle once", shrunk)
+	}
+	w.sweep()
+	if shrunk["idle"] != 1 || shrunk["busy"] != 1 {
+		t.Fatalf("third sweep: shrunk %v; want idle once and busy once", shrunk)
+	}
+}

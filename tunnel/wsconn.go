@@ -82,12 +82,13 @@ var errCloseSent = errors.New("websocket: connection closing (close frame sent)"
 //   - Read never returns bytes past the end of the current yamux frame, so
 //     that frameWatch knows when yamux has processed a frame (park.go);
 //   - Write sends each call as unfragmented binary messages of at most
-//     maxWSWrite bytes, all in one write of the socket under TLS (the
-//     cork). yamux writes a data frame as two calls (its 12-byte header,
+//     maxWSWrite bytes, up to corkMessages of them in one write of the
+//     socket under TLS (the cork). yamux writes a data frame as two calls (its 12-byte header,
 //     then the body); a data frame header is held back and sent in the
 //     same message as its body. The TLS layer sees whole 16 KiB records
 //     (see writeMessage), and a full frame of spliceChunk bytes leaves as
-//     four messages in one system call.
+//     four messages in one write of the socket; a bigger frame leaves four
+//     messages at a time.
 //
 // Only yamux's receive loop reads, and only its send loop writes data;
 // control frames (pong, close) written by the reader share the write lock.
@@ -428,7 +429,7 @@ func (c *wsConn) Write(p []byte) (n int, err error) {
 		}()
 	}
 	n = len(p)
-	for first := true; first || len(p) > 0; first = false {
+	for msgs := 1; ; msgs++ {
 		take := min(len(p), maxWSWrite-len(c.pending))
 		if err := c.writeMessage(c.pending, p[:take]); err != nil {
 			c.pending = nil
@@ -436,8 +437,18 @@ func (c *wsConn) Write(p []byte) (n int, err error) {
 		}
 		c.pending = nil
 		p = p[take:]
+		if len(p) == 0 {
+			return n, nil
+		}
+		if c.cork != nil && msgs%corkMessages == 0 {
+			// A frame bigger than a pipe's (a store message) leaves in
+			// pieces, so that the cork never holds more than this.
+			if err := c.cork.uncork(); err != nil {
+				return n - len(p), err
+			}
+			c.cork.cork()
+		}
 	}
-	return n, nil
 }
 
 // writeMessage writes one binary message made of head and body.
@@ -472,6 +483,10 @@ func (c *wsConn) writeMessage(head, body []byte) (err error) {
 	}
 	return nil
 }
+
+// corkMessages is how many messages of one Write at most leave in one
+// write of the socket: a full frame of a pipe (spliceChunk).
+const corkMessages = 4
 
 // tlsRecord is the most plaintext crypto/tls puts in one record.
 const tlsRecord = 16 << 10

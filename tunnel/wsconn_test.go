@@ -528,3 +528,59 @@ func TestInteropLegacyAcceptor(t *testing.T) {
 	echoBulk(t, <-sessions)
 	cli.Close()
 }
+
+// countingConn records the size of every write.
+type countingConn struct {
+	net.Conn
+	writes []int
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, len(p))
+	return len(p), nil
+}
+
+// TestCorkWritesFrames: under a cork, a pipe's full yamux frame leaves in
+// one write, and a bigger frame (a store message) four messages at a time,
+// so the cork never holds more than that.
+func TestCorkWritesFrames(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		body   int
+		writes int
+	}{
+		{"small", 100, 1},
+		{"one message", smallChunk, 1},
+		{"pipe frame", spliceChunk, 1},
+		{"ten messages", 10*maxWSWrite - yamuxHeaderLen, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			under := &countingConn{}
+			cc := &corkConn{Conn: under}
+			c := newWSConn(cc, nil, true, minReadLimit)
+			c.cork = cc
+			hdr := make([]byte, yamuxHeaderLen)
+			binary.BigEndian.PutUint32(hdr[8:], uint32(tc.body))
+			if _, err := c.Write(hdr); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := c.Write(make([]byte, tc.body)); err != nil || n != tc.body {
+				t.Fatalf("Write = %d, %v", n, err)
+			}
+			if len(under.writes) != tc.writes {
+				t.Fatalf("%d writes %v, want %d", len(under.writes), under.writes, tc.writes)
+			}
+			total := 0
+			for _, w := range under.writes {
+				total += w
+				if w > corkMessages*(maxWSWrite+wsMaxHeader) {
+					t.Fatalf("a write of %d bytes: more than %d messages", w, corkMessages)
+				}
+			}
+			msgs := (tc.body + yamuxHeaderLen + maxWSWrite - 1) / maxWSWrite
+			if want := tc.body + yamuxHeaderLen + msgs*wsMaxHeader; total < want-msgs*4 || total > want {
+				t.Fatalf("wrote %d bytes in all, want about %d", total, want)
+			}
+		})
+	}
+}
