@@ -48,7 +48,10 @@ func startFed(t *testing.T, specs ...siteSpec) *fedSites {
 		}
 		c := newMemCluster(t, o)
 		c.site, c.fed = sp.name, f.fed
+		// The sites started before this one already ship to it.
+		f.fed.mu.Lock()
 		f.fed.sites[sp.name] = c
+		f.fed.mu.Unlock()
 		f.sites[sp.name] = c
 		for i := range sp.members {
 			n := fmt.Sprintf("%s-%d", sp.name, i)
