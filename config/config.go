@@ -176,7 +176,16 @@ type Tunnel struct {
 	// for one stream whose reader is slow. One stream moves at most about
 	// WindowSize/2 per round trip. Default 8 MiB; at least 256 KiB.
 	WindowSize int `yaml:"window-size"`
+	// Connections is how many tunnels this instance keeps to each URL it
+	// dials. New forwarded connections go to the least busy one. One TCP
+	// connection carries at most its send buffer per round trip, so on a
+	// long fat link several tunnels carry more between them. Default 1; at
+	// most MaxTunnelConnections (16).
+	Connections int `yaml:"connections"`
 }
+
+// MaxTunnelConnections is the most tunnel.connections allows.
+const MaxTunnelConnections = 16
 
 // Peer is a remote site this instance talks to.
 type Peer struct {

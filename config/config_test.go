@@ -667,6 +667,32 @@ limits:
 		},
 	},
 	{
+		name: "bad-tunnel-connections",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel:
+  listen: ":8443"
+  connections: 17
+peers: [{site: c}]
+`,
+		want: []string{
+			`6: tunnel.connections: must be from 1 to 16, got 17`,
+		},
+	},
+	{
+		name: "zero-tunnel-connections",
+		yaml: `instance: a
+site: b
+tls: {insecure: true}
+tunnel: {listen: ":8443", connections: 0}
+peers: [{site: c}]
+`,
+		want: []string{
+			`4: tunnel.connections: must be from 1 to 16, got 0`,
+		},
+	},
+	{
 		name: "bad-urls",
 		yaml: `instance: a
 site: b

@@ -51,6 +51,7 @@ func (c *Config) applyDefaults(isSet func(path string) bool) {
 	dur("tunnel.backoff-min", &t.BackoffMin, DefaultBackoffMin)
 	dur("tunnel.backoff-max", &t.BackoffMax, DefaultBackoffMax)
 	num("tunnel.window-size", &t.WindowSize, DefaultWindowSize)
+	num("tunnel.connections", &t.Connections, 1)
 
 	for i := range c.Peers {
 		str(fmt.Sprintf("peers[%d].tenant", i), &c.Peers[i].Tenant, c.Tenant)
@@ -152,6 +153,9 @@ func (c *Config) validate() Errors {
 	v.positive("tunnel.backoff-max", t.BackoffMax)
 	if t.WindowSize < MinWindowSize || t.WindowSize > 1<<30 {
 		v.add("tunnel.window-size", "must be from %d (256 KiB) to %d (1 GiB), got %d", MinWindowSize, 1<<30, t.WindowSize)
+	}
+	if t.Connections < 1 || t.Connections > MaxTunnelConnections {
+		v.add("tunnel.connections", "must be from 1 to %d, got %d", MaxTunnelConnections, t.Connections)
 	}
 	if t.BackoffMin > 0 && t.BackoffMax > 0 && t.BackoffMax < t.BackoffMin {
 		v.add("tunnel.backoff-max", "must not be less than tunnel.backoff-min (%s), got %s", t.BackoffMin, t.BackoffMax)

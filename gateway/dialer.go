@@ -8,8 +8,8 @@ import (
 	"github.com/sitebridge/sitebridge/config"
 )
 
-// dialSet keeps one dial loop running for every tunnel URL this instance
-// should hold: the configured peers[].urls plus the URLs the peer sites
+// dialSet keeps tunnel.connections dial loops (one tunnel each) running
+// for every tunnel URL this instance should hold: the configured peers[].urls plus the URLs the peer sites
 // announce (discovery). A discovered URL that a site stops announcing has
 // its loop stopped; configured URLs are dialled for the instance's life.
 type dialSet struct {
@@ -19,7 +19,7 @@ type dialSet struct {
 	mu         sync.Mutex
 	configured map[string]string             // url -> site
 	discovered map[string][]string           // site -> latest announced urls
-	loops      map[string]context.CancelFunc // url -> cancel of its loop
+	loops      map[string]context.CancelFunc // url -> cancel of its loops
 	wg         sync.WaitGroup
 }
 
@@ -76,7 +76,9 @@ func (d *dialSet) syncLocked() {
 		}
 		ctx, cancel := context.WithCancel(d.ctx)
 		d.loops[u] = cancel
-		d.wg.Go(func() { d.in.dialLoop(ctx, site, u) })
+		for range max(d.in.cfg.Tunnel.Connections, 1) {
+			d.wg.Go(func() { d.in.dialLoop(ctx, site, u) })
+		}
 	}
 }
 

@@ -645,3 +645,57 @@ func TestPendingClientsPerPortBounded(t *testing.T) {
 		t.Fatalf("held client: %v, want still waiting", err)
 	}
 }
+
+// TestParallelTunnelsSpreadConnections: with tunnel.connections set, the
+// dialling instance keeps that many tunnels to the URL, new client
+// connections go to the least busy one, and when one tunnel dies the
+// others carry on while it is dialled again.
+func TestParallelTunnelsSpreadConnections(t *testing.T) {
+	const n = 3
+	e := newEnv(t, "cloud/cloud1", "onprem/onprem1")
+	cloud := e.start(cloudYAML("cloud1", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
+	onprem := e.start(onpremYAML("onprem1", e.echoA, wssURL(cloud.TunnelAddr())), func(c *config.Config) {
+		listenOn("", "127.0.0.1:0")(c)
+		c.Tunnel.Connections = n
+	})
+	waitFor(t, "3 tunnels up", 5*time.Second, func() bool { return tunnels(cloud) == n && tunnels(onprem) == n })
+
+	// Two held connections per tunnel, opened one after another.
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := range 2 * n {
+		c, err := net.Dial("tcp", onprem.AcceptAddr("server-b"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		line := fmt.Sprintf("held %d\n", i)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, line); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(line))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != line {
+			t.Fatalf("held connection %d: got %q, %v", i, got, err)
+		}
+	}
+	for _, ts := range onprem.Status().Tunnels {
+		if ts.Active != 2 {
+			t.Fatalf("active connections per tunnel: %+v; want 2 on each of %d", onprem.Status().Tunnels, n)
+		}
+	}
+
+	// One tunnel dies: the others forward, and it comes back.
+	onprem.peers.all()[0].sess.Close()
+	if err := roundTrip(onprem.AcceptAddr("server-b"), "still here\n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(cloud.AcceptAddr("server-a"), "and back\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "3 tunnels again", 5*time.Second, func() bool { return tunnels(cloud) == n && tunnels(onprem) == n })
+}

@@ -37,6 +37,9 @@ type Options struct {
 	// WANDelay is the one-way delay of the WAN profile (default 20ms, so a
 	// 40 ms round trip).
 	WANDelay time.Duration
+	// WANConnections is the tunnel.connections of an extra WAN run of the
+	// 8-stream figure (default 4; 1 skips it).
+	WANConnections int
 	// Only, if set, limits the run to these groups (see [Groups]), for
 	// profiling one figure or running the site store or federation alone.
 	Only []string
@@ -181,6 +184,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	}
 	if o.WANDelay == 0 {
 		o.WANDelay = 20 * time.Millisecond
+	}
+	if o.WANConnections == 0 {
+		o.WANConnections = 4
 	}
 	prog := o.Progress
 	if prog == nil {

@@ -196,6 +196,7 @@ type layout struct {
 	sourceAccept, sourceTarget string // like sink and echo
 	cloudAdmin, onpremAdmin    string
 	cloudPrefix, onpremPrefix  []string
+	connections                int // onprem1's tunnel.connections; 0 means the default
 }
 
 // deployment is a running cloud1 + onprem1 pair.
@@ -241,6 +242,10 @@ services:
     connect: {{.L.SourceTarget}}
 admin:
   listen: {{.L.OnpremAdmin}}
+{{- if gt .Connections 0}}
+tunnel:
+  connections: {{.Connections}}
+{{- end}}
 {{- end}}
 log:
   level: info
@@ -283,7 +288,7 @@ func deploy(sp *spawner, bin, dir string, l layout) (*deployment, error) {
 		{"onprem1", "onprem", false, l.onpremPrefix, &d.onprem},
 	} {
 		var b bytes.Buffer
-		if err := configTmpl.Execute(&b, map[string]any{"Name": in.name, "Site": in.site, "Cloud": in.cloud, "L": view}); err != nil {
+		if err := configTmpl.Execute(&b, map[string]any{"Name": in.name, "Site": in.site, "Cloud": in.cloud, "L": view, "Connections": l.connections}); err != nil {
 			return nil, err
 		}
 		cfg := filepath.Join(dir, in.name+".yaml")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -398,6 +399,43 @@ func wanProfile(ctx context.Context, o Options, p params, sp *spawner, prog io.W
 	if err := dep.exited(); err != nil {
 		res.Status = err.Error()
 		return res, err
+	}
+	if n := o.WANConnections; n > 1 && ctx.Err() == nil {
+		// The same aggregate through n tunnels between the pair: one
+		// TCP connection carries at most its send buffer per round trip.
+		dep.stop()
+		ln := l
+		ln.connections = n
+		dirN := filepath.Join(dir, fmt.Sprintf("connections-%d", n))
+		if err := os.MkdirAll(dirN, 0o700); err != nil {
+			res.Status = err.Error()
+			return res, err
+		}
+		depN, err := deploy(sp, o.Bin, dirN, ln)
+		if err != nil {
+			res.Status = err.Error()
+			return res, err
+		}
+		defer depN.stop()
+		if err := depN.waitReady(ctx, tun.echo(), 20*time.Second); err != nil {
+			res.Status = err.Error()
+			return res, err
+		}
+		on := o
+		on.Only = []string{"throughput_8"}
+		for _, f := range loadFigures(ctx, on, direct, tun, nil, p, p.wanTPDur, false, prog) {
+			if f.Key != "throughput_8" {
+				continue // its CPU figure: the delay line's CPU dominates
+			}
+			f.Key = fmt.Sprintf("throughput_8_connections_%d", n)
+			f.Name = fmt.Sprintf("8-stream throughput, %d tunnels", n)
+			f.Target, f.Pass = "", nil
+			res.Figures = append(res.Figures, f)
+		}
+		if err := depN.exited(); err != nil {
+			res.Status = err.Error()
+			return res, err
+		}
 	}
 	if w.line != nil {
 		if n := w.line.dropped.Load(); n > 0 {
