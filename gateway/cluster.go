@@ -251,6 +251,7 @@ func (in *Instance) serveRelayed(ctx context.Context, s *tunnel.Session, st *tun
 	if err := st.Accept(); err != nil {
 		out.Close()
 		st.Close()
+		p.active.Add(-1) // counted by open
 		return
 	}
 	in.log.Debug("relaying", "member", s.Remote().Instance, "service", service, "via", p.hello.Instance)

@@ -648,8 +648,8 @@ func TestPendingClientsPerPortBounded(t *testing.T) {
 
 // TestParallelTunnelsSpreadConnections: with tunnel.connections set, the
 // dialling instance keeps that many tunnels to the URL, new client
-// connections go to the least busy one, and when one tunnel dies the
-// others carry on while it is dialled again.
+// connections go to the least busy one, even when they arrive together,
+// and when one tunnel dies the others carry on while it is dialled again.
 func TestParallelTunnelsSpreadConnections(t *testing.T) {
 	const n = 3
 	e := newEnv(t, "cloud/cloud1", "onprem/onprem1")
@@ -660,28 +660,42 @@ func TestParallelTunnelsSpreadConnections(t *testing.T) {
 	})
 	waitFor(t, "3 tunnels up", 5*time.Second, func() bool { return tunnels(cloud) == n && tunnels(onprem) == n })
 
-	// Two held connections per tunnel, opened one after another.
-	var held []net.Conn
+	// Two held connections per tunnel, opened all at once: each open
+	// counts itself on the least busy tunnel before it waits for the far
+	// end, so they spread evenly.
+	held := make([]net.Conn, 2*n)
 	defer func() {
 		for _, c := range held {
-			c.Close()
+			if c != nil {
+				c.Close()
+			}
 		}
 	}()
-	for i := range 2 * n {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(held))
+	for i := range held {
 		c, err := net.Dial("tcp", onprem.AcceptAddr("server-b"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, c)
-		line := fmt.Sprintf("held %d\n", i)
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.WriteString(c, line); err != nil {
-			t.Fatal(err)
-		}
-		got := make([]byte, len(line))
-		if _, err := io.ReadFull(c, got); err != nil || string(got) != line {
-			t.Fatalf("held connection %d: got %q, %v", i, got, err)
-		}
+		held[i] = c
+		wg.Go(func() {
+			line := fmt.Sprintf("held %d\n", i)
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.WriteString(c, line); err != nil {
+				errs <- err
+				return
+			}
+			got := make([]byte, len(line))
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != line {
+				errs <- fmt.Errorf("held connection %d: got %q, %v", i, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 	for _, ts := range onprem.Status().Tunnels {
 		if ts.Active != 2 {
@@ -698,4 +712,54 @@ func TestParallelTunnelsSpreadConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "3 tunnels again", 5*time.Second, func() bool { return tunnels(cloud) == n && tunnels(onprem) == n })
+}
+
+// TestParallelTunnelsTwoURLsOneInstance: two URLs that reach the same
+// instance (an address and a name, as a load balancer and a discovered
+// address would) make up tunnel.connections between them, not twice that.
+func TestParallelTunnelsTwoURLsOneInstance(t *testing.T) {
+	const n = 2
+	e := newEnv(t, "cloud/cloud1", "onprem/onprem1")
+	cloud := e.start(cloudYAML("cloud1", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
+	_, port, _ := net.SplitHostPort(cloud.TunnelAddr())
+	onprem := e.start(onpremYAML("onprem1", e.echoA, wssURL(cloud.TunnelAddr()), wssURL("localhost:"+port)), func(c *config.Config) {
+		listenOn("", "127.0.0.1:0")(c)
+		c.Tunnel.Connections = n
+	})
+	waitFor(t, "the other URL's extra dials refused as duplicates", 5*time.Second, func() bool {
+		return strings.Count(onprem.logs.String(), "already reached through") >= n
+	})
+	if got := tunnels(onprem); got != n {
+		t.Fatalf("%d tunnels to cloud1 through two URLs; want %d", got, n)
+	}
+	if err := roundTrip(onprem.AcceptAddr("server-b"), "two urls\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestParallelTunnelsSkipAFailedInstance: when an instance does not answer
+// a stream, a client goes on to another instance, not to that instance's
+// other tunnels (tunnel.connections), which would each take half of the
+// time left.
+func TestParallelTunnelsSkipAFailedInstance(t *testing.T) {
+	const n = 4
+	e := newEnv(t, "cloud/cloud1", "cloud/cloud2", "onprem/onprem1")
+	hanging := startHangingPeer(t, e, "cloud1")
+	c2 := e.start(cloudYAML("cloud2", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
+	op := e.start(onpremYAML("onprem1", e.echoA, wssURL(hanging), wssURL(c2.TunnelAddr())), func(c *config.Config) {
+		listenOn("", "127.0.0.1:0")(c)
+		c.Limits.OpenTimeout = config.Duration(time.Second)
+		c.Tunnel.Connections = n
+	})
+	waitFor(t, "all tunnels up", 5*time.Second, func() bool { return tunnels(op) == 2*n })
+	failures := func() int { return strings.Count(op.logs.String(), "stream open failed, trying next route") }
+	for i := range 12 {
+		before := failures()
+		if err := roundTrip(op.AcceptAddr("server-b"), fmt.Sprintf("attempt %d\n", i)); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if d := failures() - before; d > 1 {
+			t.Fatalf("connection %d tried %d tunnels of the hanging instance; want at most 1", i, d)
+		}
+	}
 }

@@ -86,7 +86,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Instance, error) {
 	}
 	lc := newLiveConfig(cfg)
 	in.cur.Store(lc)
-	in.peers = newRegistry(log, cfg.Tenant)
+	in.peers = newRegistry(log, cfg.Tenant, cfg.Tunnel.Connections)
 	in.limits = &connLimits{tenantMax: cfg.Limits.MaxStreamsPerTenant, svc: map[string]int{}, tenant: map[string]int{}}
 	// Optimistic until the first health check says otherwise.
 	in.health.healthy = slices.Sorted(maps.Keys(lc.connect))

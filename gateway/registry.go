@@ -44,13 +44,14 @@ func (p *peer) sessOrNil() *tunnel.Session {
 type registry struct {
 	log     *slog.Logger
 	tenant  string // this instance's tenant
+	want    int    // tunnels to keep to each remote instance (tunnel.connections)
 	mu      sync.Mutex
 	byKey   map[string][]*peer
 	changed chan struct{} // closed and replaced whenever a session is added or removed
 }
 
-func newRegistry(log *slog.Logger, tenant string) *registry {
-	return &registry{log: log, tenant: tenant, byKey: map[string][]*peer{}, changed: make(chan struct{})}
+func newRegistry(log *slog.Logger, tenant string, want int) *registry {
+	return &registry{log: log, tenant: tenant, want: max(want, 1), byKey: map[string][]*peer{}, changed: make(chan struct{})}
 }
 
 // add registers s. A session from a newer epoch of an instance closes the
@@ -60,6 +61,7 @@ func (r *registry) add(s *tunnel.Session, url string) (*peer, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var keep []*peer
+	dialled, other := 0, "" // dialled sessions kept, and a URL of theirs other than url
 	for _, old := range r.byKey[p.key()] {
 		switch {
 		case old.hello.Epoch > p.hello.Epoch:
@@ -67,11 +69,22 @@ func (r *registry) add(s *tunnel.Session, url string) (*peer, error) {
 		case old.hello.Epoch < p.hello.Epoch:
 			r.log.Info("tunnel fenced", "peer", old.hello.Instance, "old_epoch", old.hello.Epoch, "new_epoch", p.hello.Epoch)
 			old.sess.Close()
-		case url != "" && old.url != "" && old.url != url:
-			return nil, fmt.Errorf("%w: %s already reached through %s", errDuplicate, p.hello.Instance, old.url)
-		default:
-			keep = append(keep, old)
+			continue
 		}
+		keep = append(keep, old)
+		if old.url != "" {
+			dialled++
+			if old.url != url {
+				other = old.url
+			}
+		}
+	}
+	// Another URL (a load balancer, a discovered address) reaching an
+	// instance already held through tunnel.connections dialled tunnels is
+	// a duplicate; below that, it helps make up the count.
+	if url != "" && other != "" && dialled >= r.want {
+		r.byKey[p.key()] = keep // without the fenced ones
+		return nil, fmt.Errorf("%w: %s already reached through %s", errDuplicate, p.hello.Instance, other)
 	}
 	r.byKey[p.key()] = append(keep, p)
 	r.notifyLocked()
@@ -90,15 +103,16 @@ func (r *registry) changes() <-chan struct{} {
 	return r.changed
 }
 
-// waitGone returns when no session to the instance h names is registered,
-// or ctx ends.
+// waitGone returns when fewer sessions to the instance h names are
+// registered than tunnel.connections asks for (none, by default), or ctx
+// ends.
 func (r *registry) waitGone(ctx context.Context, h tunnel.Hello) {
 	key := h.Site + "/" + h.Instance
 	for {
 		r.mu.Lock()
 		n, ch := len(r.byKey[key]), r.changed
 		r.mu.Unlock()
-		if n == 0 {
+		if n < r.want {
 			return
 		}
 		select {
@@ -146,6 +160,43 @@ func (r *registry) candidates(tenant, service string) ([]*peer, <-chan struct{})
 		return int(a.active.Load() - b.active.Load())
 	})
 	return out, r.changed
+}
+
+// reserve picks, among the live sessions that serve tenant and offer
+// service and that skip does not rule out, the one with the fewest
+// forwarded connections (ties at random), and counts one more connection
+// on it at once, so that clients arriving together spread over the
+// tunnels. It returns nil when there is none. The caller gives the count
+// back (active.Add(-1)) when the connection ends or the open fails.
+func (r *registry) reserve(tenant, service string, skip func(*peer) bool) *peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var best *peer
+	ties := 0
+	for _, list := range r.byKey {
+		for _, p := range list {
+			t := p.hello.Tenant
+			if t == "" {
+				t = r.tenant
+			}
+			if t != tenant || !p.sess.Offers(service) || skip(p) {
+				continue
+			}
+			switch {
+			case best == nil || p.active.Load() < best.active.Load():
+				best, ties = p, 1
+			case p.active.Load() == best.active.Load():
+				ties++
+				if rand.IntN(ties) == 0 {
+					best = p
+				}
+			}
+		}
+	}
+	if best != nil {
+		best.active.Add(1)
+	}
+	return best
 }
 
 // all returns every registered session.

@@ -56,8 +56,8 @@ type ReloadResult struct {
 	Changed []string `json:"changed"` // config paths whose values changed, e.g. "services", "limits.idle-timeout"
 }
 
-// restartOnly returns the top-level config keys (and limits.* keys) that
-// differ between old and next outside what a reload may change.
+// restartOnly returns the top-level config keys (and limits.* and tunnel.*
+// keys) that differ between old and next outside what a reload may change.
 func restartOnly(old, next *config.Config) (changed, restart []string) {
 	a, b := old.Clone(), next.Clone()
 	if !reflect.DeepEqual(a.Services, b.Services) {
@@ -84,6 +84,14 @@ func restartOnly(old, next *config.Config) (changed, restart []string) {
 		} else {
 			restart = append(restart, key)
 			la.Field(i).Set(lb.Field(i))
+		}
+	}
+	// tunnel.* needs a restart as a whole, but is named key by key.
+	ta, tb := reflect.ValueOf(&a.Tunnel).Elem(), reflect.ValueOf(&b.Tunnel).Elem()
+	for i := range ta.NumField() {
+		if !reflect.DeepEqual(ta.Field(i).Interface(), tb.Field(i).Interface()) {
+			restart = append(restart, "tunnel."+strings.Split(ta.Type().Field(i).Tag.Get("yaml"), ",")[0])
+			ta.Field(i).Set(tb.Field(i))
 		}
 	}
 	va, vb := reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem()

@@ -139,8 +139,9 @@ limits: {idle-timeout: 1h}
 	bad := e.parse(onpremCfg, onpremFix)
 	bad.Cluster.Name = "other" // not reloadable
 	bad.Tunnel.Keepalive = config.Duration(time.Minute)
-	if _, err := onprem.Reload(bad); !errors.Is(err, ErrNeedsRestart) || !strings.Contains(err.Error(), "tunnel, cluster changed") {
-		t.Errorf("reload of cluster and tunnel = %v, want ErrNeedsRestart naming both", err)
+	bad.Tunnel.Connections = 2
+	if _, err := onprem.Reload(bad); !errors.Is(err, ErrNeedsRestart) || !strings.Contains(err.Error(), "tunnel.keepalive, tunnel.connections, cluster changed") {
+		t.Errorf("reload of cluster and tunnel = %v, want ErrNeedsRestart naming each key", err)
 	}
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -94,8 +94,7 @@ func (in *Instance) handleClient(ctx context.Context, svc config.Service, c net.
 // forward splices a client (or relayed) connection with its stream.
 func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn, p *peer) {
 	if p != nil {
-		p.active.Add(1)
-		defer p.active.Add(-1)
+		defer p.active.Add(-1) // counted by open (registry.reserve)
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close(); st.Close() })
 	defer stop()
@@ -166,15 +165,23 @@ func (in *Instance) routes(tenant, service string, relay bool) ([]route, <-chan 
 // appear when there is none, all within ctx's deadline. The peer is nil
 // for a relayed stream.
 // It also returns how many routes failed before the one that worked.
+//
+// A direct route's peer comes back with one more active connection counted
+// on it (see registry.reserve); forward, or the caller on failure, gives
+// it back.
 func (in *Instance) open(ctx context.Context, tenant, service string, relay bool) (net.Conn, *peer, int, error) {
 	tried := map[any]bool{}
+	// Instances that refused or did not answer: their other tunnels
+	// (tunnel.connections) would do the same.
+	failed := map[string]bool{}
+	skip := func(r route) bool { return tried[r.key()] || r.p != nil && failed[r.p.key()] }
 	var errs []error
 	for {
 		routes, changed, members := in.routes(tenant, service, relay)
 		var r *route
 		more := false // another untried route remains after r
 		for i := range routes {
-			if tried[routes[i].key()] {
+			if skip(routes[i]) {
 				continue
 			}
 			if r != nil {
@@ -205,6 +212,14 @@ func (in *Instance) open(ctx context.Context, tenant, service string, relay bool
 				return nil, nil, len(errs), fmt.Errorf("every route failed: %w", errors.Join(errs...))
 			}
 		}
+		if r.p != nil {
+			// The least busy direct route right now, counted at once.
+			p := in.peers.reserve(tenant, service, func(p *peer) bool { return skip(route{p: p}) })
+			if p == nil {
+				continue // it went away meanwhile: look again
+			}
+			r = &route{p: p}
+		}
 		tried[r.key()] = true
 		st, err := in.openOn(ctx, *r, tenant, service, more)
 		if err == nil {
@@ -212,6 +227,13 @@ func (in *Instance) open(ctx context.Context, tenant, service string, relay bool
 				in.log.Debug("client relayed", "service", service, "via", r.relay.Name)
 			}
 			return st, r.p, len(errs), nil
+		}
+		if r.p != nil {
+			r.p.active.Add(-1)
+			var refused *tunnel.RefusedError
+			if errors.As(err, &refused) || errors.Is(err, context.DeadlineExceeded) {
+				failed[r.p.key()] = true
+			}
 		}
 		in.log.Debug("stream open failed, trying next route", "service", service, "route", r.String(), "err", err)
 		errs = append(errs, fmt.Errorf("via %s: %w", r, err))

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,6 +362,37 @@ func (d *deployment) waitReady(ctx context.Context, dial dialFunc, timeout time.
 		}
 	}
 	return fmt.Errorf("tunnel not up within %v: %v\n%s\n%s", timeout, last, d.cloud.logTail(15), d.onprem.logTail(15))
+}
+
+// waitTunnels polls onprem1's admin status (through dial, which reaches
+// its admin address) until it holds n tunnels.
+func (d *deployment) waitTunnels(ctx context.Context, dial dialFunc, n int, timeout time.Duration) error {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+	}}
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(timeout)
+	have := -1
+	for time.Now().Before(deadline) {
+		var st struct {
+			Tunnels []json.RawMessage `json:"tunnels"`
+		}
+		if resp, err := client.Get("http://" + d.l.onpremAdmin + "/api/v1/status"); err == nil {
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if err == nil {
+				if have = len(st.Tunnels); have >= n {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("onprem1 holds %d of %d tunnels after %v", have, n, timeout)
 }
 
 // freePort returns a TCP port that is free on ip right now.

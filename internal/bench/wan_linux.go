@@ -421,6 +421,10 @@ func wanProfile(ctx context.Context, o Options, p params, sp *spawner, prog io.W
 			res.Status = err.Error()
 			return res, err
 		}
+		if err := depN.waitTunnels(ctx, nsDialer(w.nsB)(l.onpremAdmin, nil), n, 20*time.Second); err != nil {
+			res.Status = err.Error()
+			return res, err
+		}
 		on := o
 		on.Only = []string{"throughput_8"}
 		for _, f := range loadFigures(ctx, on, direct, tun, nil, p, p.wanTPDur, false, prog) {
