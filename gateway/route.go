@@ -231,7 +231,8 @@ func (in *Instance) open(ctx context.Context, tenant, service string, relay bool
 		if r.p != nil {
 			r.p.active.Add(-1)
 			var refused *tunnel.RefusedError
-			if errors.As(err, &refused) || errors.Is(err, context.DeadlineExceeded) {
+			var ne net.Error
+			if errors.As(err, &refused) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
 				failed[r.p.key()] = true
 			}
 		}
