@@ -137,29 +137,31 @@ func (r *registry) remove(p *peer) {
 }
 
 // candidates lists the live sessions that serve tenant and whose peer
-// offers service, least busy first, ties in random order, and a channel
-// closed on the next add. A session serves the peer's tenant, or, when the
-// peer is shared (no tenant), this instance's.
+// offers service (see serves), in no particular order (reserve picks among
+// them), and a channel closed on the next add.
 func (r *registry) candidates(tenant, service string) ([]*peer, <-chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []*peer
 	for _, list := range r.byKey {
 		for _, p := range list {
-			t := p.hello.Tenant
-			if t == "" {
-				t = r.tenant
-			}
-			if t == tenant && p.sess.Offers(service) {
+			if r.serves(p, tenant, service) {
 				out = append(out, p)
 			}
 		}
 	}
-	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	slices.SortStableFunc(out, func(a, b *peer) int {
-		return int(a.active.Load() - b.active.Load())
-	})
 	return out, r.changed
+}
+
+// serves reports whether session p carries service of tenant: its peer
+// offers the service, and the session serves the peer's tenant or, when
+// the peer is shared (no tenant), this instance's.
+func (r *registry) serves(p *peer, tenant, service string) bool {
+	t := p.hello.Tenant
+	if t == "" {
+		t = r.tenant
+	}
+	return t == tenant && p.sess.Offers(service)
 }
 
 // reserve picks, among the live sessions that serve tenant and offer
@@ -175,11 +177,7 @@ func (r *registry) reserve(tenant, service string, skip func(*peer) bool) *peer 
 	ties := 0
 	for _, list := range r.byKey {
 		for _, p := range list {
-			t := p.hello.Tenant
-			if t == "" {
-				t = r.tenant
-			}
-			if t != tenant || !p.sess.Offers(service) || skip(p) {
+			if !r.serves(p, tenant, service) || skip(p) {
 				continue
 			}
 			switch {

@@ -135,8 +135,9 @@ func (r route) String() string {
 }
 
 // routes lists the ways to reach service of tenant in the order to try
-// them: live tunnels of that tenant whose far end offers it, least busy
-// first; then, if relay is allowed, members of this site that reach it.
+// them: live tunnels of that tenant whose far end offers it (open takes the
+// least busy of them, see registry.reserve); then, if relay is allowed,
+// members of this site that reach it.
 // The channels are closed at the next change of tunnels or membership.
 func (in *Instance) routes(tenant, service string, relay bool) ([]route, <-chan struct{}, <-chan struct{}) {
 	peers, changed := in.peers.candidates(tenant, service)
