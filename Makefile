@@ -32,9 +32,13 @@ test: vet unit fuzz chart-test
 
 vet:
 	$(GO) vet ./...
+	cd third_party/yamux && $(GO) vet ./...
 
+# third_party/yamux is our fork of hashicorp/yamux (see its PATCHES.md): its
+# own tests run too, in -short mode (the one they skip moves 16 GiB).
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
+	cd third_party/yamux && $(GO) test -race -short -count=1 -timeout 10m ./...
 
 # Each fuzz target runs briefly (FUZZTIME, default 20000 inputs); make fuzz
 # FUZZTIME=2000000x for a longer run.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -61,6 +62,9 @@ type frameWatch struct {
 	end  bool   // the current data frame has FIN or RST
 	off  bool   // the bytes are not yamux framing: stop following
 	done []frameDone
+	// scratch is the receive loop's buffer for delivering data to parked
+	// pipes itself (see streamPipe.deliver).
+	scratch []byte
 
 	mu      sync.Mutex
 	streams map[uint32]*streamWatch
@@ -80,6 +84,9 @@ type streamWatch struct {
 	ended  bool   // a FIN or RST has been processed: Read no longer waits
 	noPark bool   // the pipe must block from now on (see takeOver)
 	wake   func() // the parked pipe's resumption, or nil
+	// pipe, if set, is the parked pipe, which the receive loop may
+	// deliver a data frame to itself instead of waking it (see deliver).
+	pipe *streamPipe
 	// shrink, set while parked after a bulk run, drops the stream's
 	// receive buffer once it has stayed parked through a whole sweep
 	// (see sweep); swept says a sweep has seen it parked.
@@ -149,21 +156,33 @@ func (w *frameWatch) flush() {
 		return
 	}
 	var wakes []func()
+	var delivers []*streamPipe
 	w.mu.Lock()
 	if len(w.streams) > 0 {
 		for _, d := range w.done {
 			if s := w.streams[d.id]; s != nil {
 				s.seq++
 				s.ended = s.ended || d.end
-				if s.wake != nil {
-					wakes = append(wakes, s.wake)
-					s.wake, s.shrink = nil, nil
+				if s.wake == nil {
+					continue
 				}
+				if p := s.pipe; p != nil && !d.end && !p.big {
+					delivers = append(delivers, p)
+				} else {
+					wakes = append(wakes, s.wake)
+				}
+				s.wake, s.shrink = nil, nil
 			}
 		}
 	}
 	w.mu.Unlock()
 	w.done = w.done[:0]
+	for _, p := range delivers {
+		if w.scratch == nil {
+			w.scratch = make([]byte, smallChunk)
+		}
+		p.deliver(w.scratch)
+	}
 	for _, f := range wakes {
 		f()
 	}
@@ -313,6 +332,12 @@ type streamPipe struct {
 	// ended nor holding data, so its end will be counted (sw.ended).
 	checked bool
 	big     bool // copies with big buffers (see getBuf); only the current run uses it, and runs never overlap
+	// tw writes to dst without waiting, for deliver; nil if dst is not a
+	// TCP connection.
+	tw *tryWriter
+	// pending is data deliver read from the stream but could not write;
+	// run writes it first.
+	pending []byte
 }
 
 // parkedPipe starts copying src to dst with a streamPipe, if src is a
@@ -334,7 +359,12 @@ func parkedPipe(src, dst net.Conn) *streamPipe {
 	if sw == nil {
 		return nil
 	}
-	p := &streamPipe{st: st, dst: dst, src: src, fw: fw, sw: sw, done: make(chan struct{})}
+	p := &streamPipe{st: st, dst: dst, src: src, fw: fw, sw: sw, done: make(chan struct{}), tw: tryWriterFor(dst)}
+	if p.tw != nil {
+		fw.mu.Lock()
+		sw.pipe = p
+		fw.mu.Unlock()
+	}
 	// Park at once if nothing is buffered yet: a zero-length Read with a
 	// deadline in the past returns ErrTimeout then, and nil for data or
 	// an error for the stream's end.
@@ -387,8 +417,50 @@ func (p *streamPipe) takeOver() {
 // aLongTimeAgo is a read deadline that makes a yamux Read return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// pipeStarts counts the goroutines started for parked pipes (tests read
+// it to see deliver at work).
+var pipeStarts atomic.Int64
+
 // start begins copying on a new goroutine.
-func (p *streamPipe) start() { go p.run() }
+func (p *streamPipe) start() {
+	pipeStarts.Add(1)
+	go p.run()
+}
+
+// deliver runs on the session's receive loop, in place of waking the
+// parked pipe, once a data frame of its stream has been processed. Waking
+// costs a new goroutine, and on a machine with an idle CPU, a thread
+// woken there: a good part of the round trip of a small message. So
+// deliver copies what the stream has buffered to dst itself, if dst takes
+// it all without waiting, and parks the pipe again. The receive loop must
+// never block (every stream of the session would wait), so it reads with
+// ReadNoWait and writes with tryWrite, and wakes the pipe for anything
+// else: bytes dst did not take (pending, which the pipe writes first), a
+// full scratch buffer (a bulk run), an error, or a stream that is not
+// established yet. Like run, it owns the pipe: the wake was taken.
+func (p *streamPipe) deliver(scratch []byte) {
+	seq := p.fw.seq(p.sw)
+	n, err := p.st.ReadNoWait(scratch)
+	if n == 0 {
+		p.start()
+		return
+	}
+	w := p.tw.tryWrite(scratch[:n])
+	p.n += int64(w)
+	if w < n {
+		p.pending = append([]byte(nil), scratch[w:n]...)
+		p.start()
+		return
+	}
+	if err != nil || n == len(scratch) {
+		p.start()
+		return
+	}
+	p.st.Shrink()
+	if parked, _ := p.fw.park(p.sw, seq, p.start, nil); !parked {
+		p.start()
+	}
+}
 
 func (p *streamPipe) run() {
 	var buf *[]byte
@@ -398,6 +470,15 @@ func (p *streamPipe) run() {
 		}
 	}()
 	var copied int64 // in this run
+	if len(p.pending) > 0 {
+		nw, werr := p.dst.Write(p.pending)
+		p.n += int64(nw)
+		p.pending = nil
+		if werr != nil {
+			p.finish(werr)
+			return
+		}
+	}
 	for {
 		seq := p.fw.seq(p.sw)
 		if buf == nil {

@@ -416,3 +416,81 @@ func TestSweepShrinksIdleBulkStreams(t *testing.T) {
 		t.Fatalf("third sweep: shrunk %v; want idle once and busy once", shrunk)
 	}
 }
+
+// TestSpliceDeliversOnReceiveLoop: small messages to a parked, idle
+// stream side reach the TCP connection from the session's receive loop
+// (deliver), without a goroutine started for each.
+func TestSpliceDeliversOnReceiveLoop(t *testing.T) {
+	client, tcpEnd := tcpPair(t)
+	far, streamEnd := wsStreamPair(t)
+	done := make(chan struct{})
+	go func() {
+		Splice(tcpEnd, streamEnd)
+		close(done)
+	}()
+	client.SetDeadline(time.Now().Add(20 * time.Second))
+	far.SetDeadline(time.Now().Add(20 * time.Second))
+	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
+	const rounds = 200
+	before := pipeStarts.Load()
+	buf := make([]byte, 64)
+	for i := range rounds {
+		msg := []byte(strings.Repeat(string(rune('a'+i%26)), 1+i%64))
+		if _, err := far.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+			t.Fatalf("round %d: %q, %v", i, buf[:len(msg)], err)
+		}
+	}
+	if starts := pipeStarts.Load() - before; starts > rounds/10 {
+		t.Fatalf("%d goroutines started for %d small messages to an idle stream side, want them delivered by the receive loop", starts, rounds)
+	}
+	far.Close()
+	if n, err := client.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("client read %d, %v after the far end's FIN, want EOF", n, err)
+	}
+	client.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Splice did not return")
+	}
+}
+
+// TestSpliceDeliverBackpressure: when the TCP connection does not take a
+// delivered message at once (its reader has stopped), the pipe's goroutine
+// writes the rest, and every byte arrives once, in order.
+func TestSpliceDeliverBackpressure(t *testing.T) {
+	client, tcpEnd := tcpPair(t)
+	client.SetReadBuffer(4 << 10)
+	tcpEnd.SetWriteBuffer(4 << 10)
+	far, streamEnd := wsStreamPair(t)
+	go Splice(tcpEnd, streamEnd)
+	client.SetDeadline(time.Now().Add(30 * time.Second))
+	far.SetDeadline(time.Now().Add(30 * time.Second))
+	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
+
+	// Far writes while the client does not read, so the TCP buffers fill
+	// up while messages keep arriving one frame at a time.
+	var sent bytes.Buffer
+	rng := rand.New(rand.NewPCG(3, 9))
+	for i := range 150 {
+		msg := make([]byte, 1+rng.IntN(3000))
+		for j := range msg {
+			msg[j] = byte(i + j)
+		}
+		sent.Write(msg)
+		if _, err := far.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	far.Close()
+	got, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, sent.Bytes()) {
+		t.Fatalf("%d bytes arrived, %d were sent, or in another order", len(got), sent.Len())
+	}
+}

@@ -175,7 +175,7 @@ func sourceFor(c net.Conn) source {
 // streamSource reads a yamux stream. A zero-length Read of a yamux stream
 // blocks until data is buffered (or the stream ends) and consumes nothing,
 // so the pipe waits without holding a buffer (TestStreamZeroRead pins this
-// behaviour of the yamux version in go.mod).
+// behaviour of the yamux in go.mod: our fork, third_party/yamux).
 type streamSource struct{ st *yamux.Stream }
 
 func (s streamSource) read(buf **[]byte, big bool) (int, error) {

@@ -58,3 +58,41 @@ func (s fdSource) read(buf **[]byte, big bool) (int, error) {
 // releaseWhenDrained is false: read itself gives the buffer back when it
 // has to wait, at no extra system call.
 func (fdSource) releaseWhenDrained() bool { return false }
+
+// tryWriter writes to a TCP connection without waiting: as much as its
+// send buffer takes at once.
+type tryWriter struct{ rc syscall.RawConn }
+
+// tryWriterFor returns a tryWriter for c, or nil if c is not a TCP
+// connection.
+func tryWriterFor(c net.Conn) *tryWriter {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return &tryWriter{rc}
+}
+
+// tryWrite writes what the connection takes of b now and reports how much
+// that was. It reports 0 on any error: the caller leaves the rest to a
+// blocking Write, which reports the error.
+func (w *tryWriter) tryWrite(b []byte) int {
+	var n int
+	var werr error
+	err := w.rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), b)
+			if werr != syscall.EINTR {
+				return true // written or not, never wait
+			}
+		}
+	})
+	if err != nil || werr != nil || n < 0 {
+		return 0
+	}
+	return n
+}
