@@ -63,8 +63,11 @@ type frameWatch struct {
 	off  bool   // the bytes are not yamux framing: stop following
 	done []frameDone
 	// scratch is the receive loop's buffer for delivering data to parked
-	// pipes itself (see streamPipe.deliver).
-	scratch []byte
+	// pipes itself (see streamPipe.deliver); wakes and delivers are flush's
+	// lists, kept between calls.
+	scratch  []byte
+	wakes    []func()
+	delivers []*streamPipe
 
 	mu      sync.Mutex
 	streams map[uint32]*streamWatch
@@ -155,8 +158,7 @@ func (w *frameWatch) flush() {
 	if len(w.done) == 0 {
 		return
 	}
-	var wakes []func()
-	var delivers []*streamPipe
+	wakes, delivers := w.wakes[:0], w.delivers[:0]
 	w.mu.Lock()
 	if len(w.streams) > 0 {
 		for _, d := range w.done {
@@ -186,6 +188,9 @@ func (w *frameWatch) flush() {
 	for _, f := range wakes {
 		f()
 	}
+	clear(wakes)
+	clear(delivers)
+	w.wakes, w.delivers = wakes, delivers
 }
 
 // closeAll wakes every parked pipe and stops parking: the session ends.
@@ -417,9 +422,10 @@ func (p *streamPipe) takeOver() {
 // aLongTimeAgo is a read deadline that makes a yamux Read return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// pipeStarts counts the goroutines started for parked pipes (tests read
-// it to see deliver at work).
-var pipeStarts atomic.Int64
+// pipeStarts counts the goroutines started for parked pipes, and
+// deliverPartial the deliveries that left bytes for the pipe's goroutine
+// (tests read them to see deliver at work).
+var pipeStarts, deliverPartial atomic.Int64
 
 // start begins copying on a new goroutine.
 func (p *streamPipe) start() {
@@ -448,6 +454,7 @@ func (p *streamPipe) deliver(scratch []byte) {
 	w := p.tw.tryWrite(scratch[:n])
 	p.n += int64(w)
 	if w < n {
+		deliverPartial.Add(1)
 		p.pending = append([]byte(nil), scratch[w:n]...)
 		p.start()
 		return

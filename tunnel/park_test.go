@@ -466,13 +466,18 @@ func TestSpliceDeliverBackpressure(t *testing.T) {
 	client.SetReadBuffer(4 << 10)
 	tcpEnd.SetWriteBuffer(4 << 10)
 	far, streamEnd := wsStreamPair(t)
-	go Splice(tcpEnd, streamEnd)
+	done := make(chan struct{})
+	go func() {
+		Splice(tcpEnd, streamEnd)
+		close(done)
+	}()
 	client.SetDeadline(time.Now().Add(30 * time.Second))
 	far.SetDeadline(time.Now().Add(30 * time.Second))
 	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
 
 	// Far writes while the client does not read, so the TCP buffers fill
 	// up while messages keep arriving one frame at a time.
+	partial := deliverPartial.Load()
 	var sent bytes.Buffer
 	rng := rand.New(rand.NewPCG(3, 9))
 	for i := range 150 {
@@ -492,5 +497,14 @@ func TestSpliceDeliverBackpressure(t *testing.T) {
 	}
 	if !bytes.Equal(got, sent.Bytes()) {
 		t.Fatalf("%d bytes arrived, %d were sent, or in another order", len(got), sent.Len())
+	}
+	if deliverPartial.Load() == partial {
+		t.Error("no delivery was cut short by the full TCP connection: the test did not test it")
+	}
+	client.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Splice did not return")
 	}
 }

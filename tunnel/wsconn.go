@@ -90,8 +90,10 @@ var errCloseSent = errors.New("websocket: connection closing (close frame sent)"
 //     four messages in one write of the socket; a bigger frame leaves four
 //     messages at a time.
 //
-// Only yamux's receive loop reads, and only its send loop writes data;
-// control frames (pong, close) written by the reader share the write lock.
+// Only yamux's receive loop reads. yamux writes one frame at a time (its
+// writers take turns on the session's writeSem, see third_party/yamux),
+// a data frame as its header and then its body; control frames (pong,
+// close) written by the reader share the write lock.
 type wsConn struct {
 	conn   net.Conn  // the TLS connection (plain TCP when insecure)
 	r      io.Reader // conn, or a buffered reader over it
@@ -406,8 +408,8 @@ func (c *wsConn) appendHeader(b []byte, op byte, n int) []byte {
 // Write sends p as binary messages (see wsConn).
 func (c *wsConn) Write(p []byte) (n int, err error) {
 	if c.pending == nil && isDataHeader(p) {
-		// Only yamux's send loop writes data, so pending needs no lock:
-		// the body follows in its next call.
+		// yamux writes one frame at a time, so pending needs no lock:
+		// the body follows in the next call, from the same writer.
 		c.pending = c.pendBuf[:copy(c.pendBuf[:], p)]
 		return len(p), nil
 	}

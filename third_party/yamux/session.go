@@ -66,6 +66,8 @@ type Session struct {
 	// writeSem admits one writer at a time to conn: the send loop and
 	// the streams that write their frames themselves (writeDirect).
 	writeSem chan struct{}
+	// writeErr is the error of a write that broke the connection.
+	writeErr atomic.Pointer[error]
 
 	// sendCh is used to mark a stream as ready to send,
 	// or to send a header out directly.
@@ -594,23 +596,34 @@ func (s *Session) writeDirect(hdr header, body []byte) error {
 		return ErrSessionShutdown
 	default:
 	}
+	if err := s.writeErr.Load(); err != nil {
+		<-s.writeSem
+		return *err
+	}
 	_, err := s.conn.Write(hdr)
 	if err == nil && len(body) > 0 {
 		_, err = s.conn.Write(body)
 	}
-	<-s.writeSem
 	if err != nil {
-		// The receive loop then fails on the closed conn and ends the
-		// session; the writer may hold stream locks that Close takes.
 		s.logger.Printf("[ERR] yamux: Failed to write frame: %v", err)
-		s.shutdownErrLock.Lock()
-		if s.shutdownErr == nil {
-			s.shutdownErr = err
-		}
-		s.shutdownErrLock.Unlock()
-		s.conn.Close()
+		s.breakConn(err)
 	}
+	<-s.writeSem
 	return err
+}
+
+// breakConn ends the session after a failed or lost write: it closes the
+// connection, and the receive loop, failing on it, closes the session.
+// (The caller may hold stream locks that Close takes.) Writers still
+// waiting for their turn then fail at once with err.
+func (s *Session) breakConn(err error) {
+	s.writeErr.CompareAndSwap(nil, &err)
+	s.shutdownErrLock.Lock()
+	if s.shutdownErr == nil {
+		s.shutdownErr = err
+	}
+	s.shutdownErrLock.Unlock()
+	s.conn.Close()
 }
 
 // recv is a long running goroutine that accepts new data

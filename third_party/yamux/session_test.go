@@ -1881,3 +1881,93 @@ func TestStream_ReadNoWait(t *testing.T) {
 		t.Fatalf("write: %v", err)
 	}
 }
+
+// TestStream_ReadNoWaitFullSendQueue: with the send loop stuck on the
+// connection and its queue full, ReadNoWait still returns at once; its
+// window update leaves once the connection drains.
+func TestStream_ReadNoWaitFullSendQueue(t *testing.T) {
+	conf := testConfNoKeepAlive()
+	conf.MaxStreamWindowSize = initialStreamWindow
+	conf.ConnectionWriteTimeout = 5 * time.Second
+
+	clientConn, serverConn := testConnPipe(t)
+	client, server := testClientServerConfig(t, clientConn, serverConn, conf, conf.Clone())
+
+	stream, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("err: %v", err)
+	}
+	defer stream.Close()
+	if _, err := stream.Write([]byte("x")); err != nil {
+		t.Fatalf("err: %v", err)
+	}
+	peer, err := server.AcceptStream()
+	if err != nil {
+		t.Fatalf("err: %v", err)
+	}
+	defer peer.Close()
+
+	// Block the server's writes and fill its send queue with pings the
+	// send loop cannot write.
+	sconn := serverConn.(*pipeConn)
+	sconn.writeBlocker.Lock()
+	unblocked := false
+	defer func() {
+		if !unblocked {
+			sconn.writeBlocker.Unlock()
+		}
+	}()
+	for i := 0; len(server.sendCh) < cap(server.sendCh); i++ {
+		hdr := header(make([]byte, headerSize))
+		hdr.encode(typePing, flagSYN, 0, uint32(1000+i))
+		server.sendCh <- &sendReady{Hdr: hdr}
+	}
+
+	// A full window's worth arrives; reading it needs an update.
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := stream.Write(make([]byte, 2*initialStreamWindow))
+		writeErr <- err
+	}()
+	buf := make([]byte, initialStreamWindow)
+	got := 1 // the "x"
+	deadline := time.Now().Add(5 * time.Second)
+	for got < 1+int(initialStreamWindow) {
+		start := time.Now()
+		n, err := peer.ReadNoWait(buf)
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("ReadNoWait took %v with the send queue full", d)
+		}
+		if err != nil {
+			t.Fatalf("ReadNoWait: %v", err)
+		}
+		got += n
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d bytes arrived", got)
+		}
+		if n == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	// Once the connection drains, the update leaves and the writer
+	// sends the rest.
+	sconn.writeBlocker.Unlock()
+	unblocked = true
+	for got < 1+2*int(initialStreamWindow) {
+		n, err := peer.ReadNoWait(buf)
+		if err != nil {
+			t.Fatalf("ReadNoWait: %v", err)
+		}
+		got += n
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d bytes arrived after the connection drained", got)
+		}
+		if n == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := <-writeErr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+}

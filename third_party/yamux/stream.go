@@ -210,7 +210,9 @@ START:
 	s.sendHdr.encode(typeData, flags, s.id, max)
 	if err = s.session.writeDirect(s.sendHdr, body); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
-			// Message left in ready queue, header re-use is unsafe.
+			// (Upstream: the frame may still be queued, so the header
+			// cannot be reused. writeDirect never leaves it behind, but
+			// a fresh one costs nothing on this rare path.)
 			s.sendHdr = header(make([]byte, headerSize))
 		}
 		return 0, err
@@ -294,7 +296,9 @@ func (s *Stream) sendWindowUpdate() error {
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
 	if err := s.session.writeDirect(s.controlHdr, nil); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
-			// Message left in ready queue, header re-use is unsafe.
+			// (Upstream: the frame may still be queued, so the header
+			// cannot be reused. writeDirect never leaves it behind, but
+			// a fresh one costs nothing on this rare path.)
 			s.controlHdr = header(make([]byte, headerSize))
 		}
 		return err
@@ -312,7 +316,9 @@ func (s *Stream) sendClose() error {
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, 0)
 	if err := s.session.writeDirect(s.controlHdr, nil); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
-			// Message left in ready queue, header re-use is unsafe.
+			// (Upstream: the frame may still be queued, so the header
+			// cannot be reused. writeDirect never leaves it behind, but
+			// a fresh one costs nothing on this rare path.)
 			s.controlHdr = header(make([]byte, headerSize))
 		}
 		return err
@@ -556,13 +562,13 @@ func (s *Stream) Shrink() {
 }
 
 // ReadNoWait reads what the stream has buffered, without waiting, for a
-// caller that must never block on the connection: it may run on the
-// session's receive loop (see PATCHES.md). It returns 0 and no error when
-// nothing is buffered, or when the stream is not established yet (its
-// next window update must carry a flag, which Read sends). A window
-// update it needs is queued for the send loop, not written; if it cannot
-// be queued, the session ends, because a lost update would stall the
-// stream.
+// caller that must never block: it may run on the session's receive loop
+// (see PATCHES.md). It returns 0 when nothing is buffered, or when the
+// stream is not established yet (its next window update must carry a
+// flag, which Read sends). A window update it needs is queued for the
+// send loop, not written; if the queue is full, a goroutine waits for
+// room, and if there is none within ConnectionWriteTimeout, the session
+// ends, because a lost update would stall the stream.
 func (s *Stream) ReadNoWait(b []byte) (int, error) {
 	s.stateLock.Lock()
 	state := s.state
@@ -589,14 +595,17 @@ func (s *Stream) ReadNoWait(b []byte) (int, error) {
 
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, 0, s.id, delta)
-	if err := s.session.sendNoWait(hdr); err != nil {
-		s.session.shutdownErrLock.Lock()
-		if s.session.shutdownErr == nil {
-			s.session.shutdownErr = err
-		}
-		s.session.shutdownErrLock.Unlock()
-		s.session.conn.Close()
-		return n, err
+	select {
+	case s.session.sendCh <- &sendReady{Hdr: hdr}:
+	default:
+		// The send queue is full: wait for room elsewhere, as handlePing
+		// does, so that the receive loop goes on reading.
+		go func() {
+			if err := s.session.sendNoWait(hdr); err != nil {
+				s.session.logger.Printf("[ERR] yamux: failed to send window update: %v", err)
+				s.session.breakConn(err)
+			}
+		}()
 	}
 	return n, nil
 }
