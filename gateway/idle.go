@@ -1,13 +1,13 @@
 package gateway
 
 import (
-	"net"
 	"sync"
 	"time"
 )
 
 // idleGuard closes a forwarded connection pair when no bytes have moved in
-// either direction for the idle timeout. Reads on either side touch it.
+// either direction for the idle timeout. The splice touches it after every
+// read that brought bytes (tunnel.SpliceActivity).
 type idleGuard struct {
 	timeout time.Duration
 	timer   *time.Timer
@@ -43,25 +43,3 @@ func (g *idleGuard) touch() {
 }
 
 func (g *idleGuard) stop() { g.timer.Stop() }
-
-// idleConn reports every successful read to its guard. It keeps CloseWrite
-// so half-close still works through it.
-type idleConn struct {
-	net.Conn
-	g *idleGuard
-}
-
-func (c idleConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.g.touch()
-	}
-	return n, err
-}
-
-func (c idleConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}

@@ -98,6 +98,7 @@ func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn,
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close(); st.Close() })
 	defer stop()
+	var activity func()
 	if idle := in.conf().Limits.IdleTimeout.D(); idle > 0 {
 		g := newIdleGuard(idle, func() {
 			in.log.Info("client connection closed", "service", service, "client", c.RemoteAddr().String(), "reason", "idle timeout")
@@ -105,10 +106,10 @@ func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn,
 			st.Close()
 		})
 		defer g.stop()
-		c, st = idleConn{c, g}, idleConn{st, g}
+		activity = g.touch
 	}
 	done := in.m.conn(service, "accept")
-	toPeer, fromPeer := tunnel.Splice(c, st)
+	toPeer, fromPeer := tunnel.SpliceActivity(c, st, activity)
 	done(toPeer, fromPeer)
 }
 

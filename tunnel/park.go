@@ -343,11 +343,13 @@ type streamPipe struct {
 	// pending is data deliver read from the stream but could not write;
 	// run writes it first.
 	pending []byte
+	// activity is called after each read that brought bytes.
+	activity func()
 }
 
 // parkedPipe starts copying src to dst with a streamPipe, if src is a
 // yamux stream whose session's frames are followed; else it returns nil.
-func parkedPipe(src, dst net.Conn) *streamPipe {
+func parkedPipe(src, dst net.Conn, activity func()) *streamPipe {
 	c := src
 	if in, ok := c.(*Inbound); ok {
 		c = in.Conn
@@ -364,7 +366,7 @@ func parkedPipe(src, dst net.Conn) *streamPipe {
 	if sw == nil {
 		return nil
 	}
-	p := &streamPipe{st: st, dst: dst, src: src, fw: fw, sw: sw, done: make(chan struct{}), tw: tryWriterFor(dst)}
+	p := &streamPipe{st: st, dst: dst, src: src, fw: fw, sw: sw, done: make(chan struct{}), tw: tryWriterFor(dst), activity: activity}
 	if p.tw != nil {
 		fw.mu.Lock()
 		sw.pipe = p
@@ -451,6 +453,7 @@ func (p *streamPipe) deliver(scratch []byte) {
 		p.start()
 		return
 	}
+	p.activity()
 	w := p.tw.tryWrite(scratch[:n])
 	p.n += int64(w)
 	if w < n {
@@ -500,6 +503,7 @@ func (p *streamPipe) run() {
 		}
 		n, err := p.st.Read(*buf)
 		if n > 0 {
+			p.activity()
 			nw, werr := p.dst.Write((*buf)[:n])
 			p.n += int64(nw)
 			copied += int64(nw)
@@ -553,7 +557,7 @@ func (p *streamPipe) run() {
 			return
 		} else if block {
 			// Block until the stream ends.
-			n, err := copyConn(p.dst, p.st)
+			n, err := copyConn(p.dst, p.st, p.activity)
 			p.n += n
 			p.finish(err)
 			return

@@ -10,6 +10,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -506,5 +507,54 @@ func TestSpliceDeliverBackpressure(t *testing.T) {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Splice did not return")
+	}
+}
+
+// TestSpliceActivityParks: a splice with an activity callback (an idle
+// timeout's clock) still parks its idle stream side and waits on the TCP
+// side without a buffer, and the callback sees every read in both
+// directions, delivered ones included.
+func TestSpliceActivityParks(t *testing.T) {
+	client, tcpEnd := tcpPair(t)
+	far, streamEnd := wsStreamPair(t)
+	var reads atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		SpliceActivity(tcpEnd, streamEnd, func() { reads.Add(1) })
+		close(done)
+	}()
+	client.SetDeadline(time.Now().Add(20 * time.Second))
+	far.SetDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 64)
+	for i := range 10 {
+		waitFor(t, func() bool {
+			d := goroutineDump()
+			return !strings.Contains(d, "(*streamPipe).run") && strings.Contains(d, "fdSource.read")
+		})
+		if strings.Contains(goroutineDump(), "plainSource") {
+			t.Fatal("the TCP side waits holding a buffer (plainSource)")
+		}
+		before := reads.Load()
+		msg := []byte(strings.Repeat("y", 1+i))
+		if _, err := far.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(client, buf[:len(msg)]); err != nil || !bytes.Equal(buf[:len(msg)], msg) {
+			t.Fatalf("round %d: %q, %v", i, buf[:len(msg)], err)
+		}
+		client.Write(msg)
+		if _, err := io.ReadFull(far, buf[:len(msg)]); err != nil {
+			t.Fatal(err)
+		}
+		if got := reads.Load() - before; got < 2 {
+			t.Fatalf("round %d: activity called %d times for a message each way, want 2", i, got)
+		}
+	}
+	client.Close()
+	far.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("SpliceActivity did not return")
 	}
 }

@@ -105,6 +105,14 @@ func (c Config) muxConfig() *yamux.Config {
 	mc.ConnectionWriteTimeout = c.DeadAfter - c.Keepalive
 	mc.MaxStreamWindowSize = max(c.WindowSize, 256<<10)
 	mc.AcceptBacklog = 1024
+	// No per-stream open timeout: yamux would start a goroutine and a
+	// timer for every stream opened, only to close the whole session if
+	// a SYN stays unanswered. Every open here has a deadline of its own
+	// (OpenStream's context, the hello timeout for the control stream),
+	// after which the stream is closed; Serve accepts every stream at
+	// once, and yamux resets those beyond the accept backlog; a peer
+	// whose receive loop is stuck fails keepalive.
+	mc.StreamOpenTimeout = 0
 	mc.LogOutput = nil
 	mc.Logger = slog.NewLogLogger(c.Log.Handler(), slog.LevelDebug)
 	return mc
@@ -230,7 +238,9 @@ func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.mux.OpenStream()
+	// The stream header rides with the SYN, in one frame (see
+	// third_party/yamux/PATCHES.md).
+	st, err := s.mux.OpenStreamWith(hdr)
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
@@ -239,7 +249,7 @@ func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
 	if d, ok := ctx.Deadline(); ok {
 		st.SetDeadline(d)
 	}
-	code, msg, err := writeAndReadReply(st, hdr)
+	code, msg, err := ReadReply(st)
 	if err != nil {
 		st.Close()
 		if ctx.Err() != nil {
@@ -257,13 +267,6 @@ func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
 		return nil, &RefusedError{Code: code, Message: msg}
 	}
 	return st, nil
-}
-
-func writeAndReadReply(st net.Conn, hdr []byte) (Code, string, error) {
-	if _, err := st.Write(hdr); err != nil {
-		return 0, "", err
-	}
-	return ReadReply(st)
 }
 
 // Inbound is a stream the peer opened, with its decoded header. The handler

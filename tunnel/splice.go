@@ -74,19 +74,30 @@ func grow(buf []byte, n int) bool { return n == len(buf) && len(buf) < spliceChu
 // The direction that reads a tunnel stream does not keep a goroutine while
 // the stream is idle (see streamPipe); the other direction runs on the
 // caller's goroutine.
-func Splice(a, b net.Conn) (aToB, bToA int64) {
-	if p := parkedPipe(a, b); p != nil {
-		bToA = pipe(a, b)
+func Splice(a, b net.Conn) (aToB, bToA int64) { return SpliceActivity(a, b, nil) }
+
+// SpliceActivity is Splice that also calls activity (if not nil) after
+// every read that brought bytes, in either direction: the clock of an idle
+// timeout. Wrapping a or b in a connection type of one's own for that
+// would hide the TCP connection and the yamux stream from the splice,
+// which then could neither park an idle stream side nor release its
+// buffers while waiting.
+func SpliceActivity(a, b net.Conn, activity func()) (aToB, bToA int64) {
+	if activity == nil {
+		activity = func() {}
+	}
+	if p := parkedPipe(a, b, activity); p != nil {
+		bToA = pipe(a, b, activity)
 		p.takeOver()
 		aToB = p.n
-	} else if p := parkedPipe(b, a); p != nil {
-		aToB = pipe(b, a)
+	} else if p := parkedPipe(b, a, activity); p != nil {
+		aToB = pipe(b, a, activity)
 		p.takeOver()
 		bToA = p.n
 	} else {
 		done := make(chan int64, 1)
-		go func() { done <- pipe(b, a) }()
-		bToA = pipe(a, b)
+		go func() { done <- pipe(b, a, activity) }()
+		bToA = pipe(a, b, activity)
 		aToB = <-done
 	}
 	a.Close()
@@ -97,8 +108,8 @@ func Splice(a, b net.Conn) (aToB, bToA int64) {
 // pipe copies src to dst, then half-closes dst. On a copy error (rather
 // than a clean end of input) it closes both, so the other direction ends
 // too instead of waiting forever.
-func pipe(dst, src net.Conn) int64 {
-	n, err := copyConn(dst, src)
+func pipe(dst, src net.Conn, activity func()) int64 {
+	n, err := copyConn(dst, src, activity)
 	if err != nil {
 		dst.Close()
 		src.Close()
@@ -118,8 +129,9 @@ type source interface {
 	releaseWhenDrained() bool
 }
 
-// copyConn copies src to dst until src ends (nil error) or fails.
-func copyConn(dst io.Writer, src net.Conn) (written int64, err error) {
+// copyConn copies src to dst until src ends (nil error) or fails, calling
+// activity after each read that brought bytes.
+func copyConn(dst io.Writer, src net.Conn, activity func()) (written int64, err error) {
 	s := sourceFor(src)
 	var buf *[]byte
 	big := false
@@ -131,6 +143,7 @@ func copyConn(dst io.Writer, src net.Conn) (written int64, err error) {
 	for {
 		n, rerr := s.read(&buf, big)
 		if n > 0 {
+			activity()
 			nw, werr := dst.Write((*buf)[:n])
 			written += int64(nw)
 			if werr != nil {

@@ -327,7 +327,7 @@ func TestPipeBufferGrowsForBulk(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &sizedReader{want: tc.want, left: len(tc.wantSizes)}
-			n, err := copyConn(io.Discard, r)
+			n, err := copyConn(io.Discard, r, func() {})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1971,3 +1971,63 @@ func TestStream_ReadNoWaitFullSendQueue(t *testing.T) {
 		t.Fatalf("write: %v", err)
 	}
 }
+
+// TestSession_OpenStreamWith: the SYN rides on the first data frame; the
+// peer accepts the stream and reads the bytes, the reply comes back, and
+// more than the initial window flows towards the opener once its first
+// Read has announced the rest of its window.
+func TestSession_OpenStreamWith(t *testing.T) {
+	conf := testConfNoKeepAlive()
+	conf.MaxStreamWindowSize = 4 * initialStreamWindow
+	clientConn, serverConn := testConnTCP(t)
+	client, server := testClientServerConfig(t, clientConn, serverConn, conf, conf.Clone())
+
+	if _, err := client.OpenStreamWith(nil); err == nil {
+		t.Fatal("OpenStreamWith(nil) succeeded")
+	}
+	big := make([]byte, 3*initialStreamWindow)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	serverErr := make(chan error, 1)
+	go func() {
+		stream, err := server.AcceptStream()
+		if err != nil {
+			serverErr <- err
+			return
+		}
+		defer stream.Close()
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(stream, buf); err != nil || string(buf) != "hello" {
+			serverErr <- fmt.Errorf("server read %q, %v", buf, err)
+			return
+		}
+		_, err = stream.Write(big)
+		serverErr <- err
+	}()
+
+	stream, err := client.OpenStreamWith([]byte("hello"))
+	if err != nil {
+		t.Fatalf("err: %v", err)
+	}
+	defer stream.Close()
+	stream.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(big))
+	if _, err := io.ReadFull(stream, got); err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if !bytes.Equal(got, big) {
+		t.Fatal("client read other bytes than were sent")
+	}
+	if err := <-serverErr; err != nil {
+		t.Fatal(err)
+	}
+	// The ACK came: the stream no longer counts as an inflight SYN.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(client.synCh) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d SYNs still in flight", len(client.synCh))
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
