@@ -98,3 +98,7 @@ require (
 )
 
 replace github.com/sitebridge/sitebridge => ../../..
+
+// The main module builds with its fork of yamux (third_party/yamux); a
+// replace in a dependency's go.mod does not apply here, so it is repeated.
+replace github.com/hashicorp/yamux => ../../../third_party/yamux
