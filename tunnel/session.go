@@ -105,14 +105,6 @@ func (c Config) muxConfig() *yamux.Config {
 	mc.ConnectionWriteTimeout = c.DeadAfter - c.Keepalive
 	mc.MaxStreamWindowSize = max(c.WindowSize, 256<<10)
 	mc.AcceptBacklog = 1024
-	// No per-stream open timeout: yamux would start a goroutine and a
-	// timer for every stream opened, only to close the whole session if
-	// a SYN stays unanswered. Every open here has a deadline of its own
-	// (OpenStream's context, the hello timeout for the control stream),
-	// after which the stream is closed; Serve accepts every stream at
-	// once, and yamux resets those beyond the accept backlog; a peer
-	// whose receive loop is stuck fails keepalive.
-	mc.StreamOpenTimeout = 0
 	mc.LogOutput = nil
 	mc.Logger = slog.NewLogLogger(c.Log.Handler(), slog.LevelDebug)
 	return mc
@@ -238,9 +230,7 @@ func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	// The stream header rides with the SYN, in one frame (see
-	// third_party/yamux/PATCHES.md).
-	st, err := s.mux.OpenStreamWith(hdr)
+	st, err := s.mux.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
 	}
@@ -249,7 +239,7 @@ func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
 	if d, ok := ctx.Deadline(); ok {
 		st.SetDeadline(d)
 	}
-	code, msg, err := ReadReply(st)
+	code, msg, err := writeAndReadReply(st, hdr)
 	if err != nil {
 		st.Close()
 		if ctx.Err() != nil {
@@ -267,6 +257,13 @@ func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
 		return nil, &RefusedError{Code: code, Message: msg}
 	}
 	return st, nil
+}
+
+func writeAndReadReply(st net.Conn, hdr []byte) (Code, string, error) {
+	if _, err := st.Write(hdr); err != nil {
+		return 0, "", err
+	}
+	return ReadReply(st)
 }
 
 // Inbound is a stream the peer opened, with its decoded header. The handler

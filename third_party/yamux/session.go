@@ -213,61 +213,6 @@ GET_ID:
 	return stream, nil
 }
 
-// OpenStreamWith opens a stream like OpenStream, but sends its SYN on a
-// data frame carrying first (at most the initial window, 256 KiB) rather
-// than on a window update of its own: one frame, and one write, fewer
-// per stream (see PATCHES.md). The stream's receive window beyond the
-// initial one is announced by its first Read, which sends the update
-// that OpenStream sends with the SYN.
-func (s *Session) OpenStreamWith(first []byte) (*Stream, error) {
-	if len(first) == 0 || len(first) > int(initialStreamWindow) {
-		return nil, fmt.Errorf("yamux: OpenStreamWith needs 1 to %d bytes, got %d", initialStreamWindow, len(first))
-	}
-	if s.IsClosed() {
-		return nil, ErrSessionShutdown
-	}
-	if atomic.LoadInt32(&s.remoteGoAway) == 1 {
-		return nil, ErrRemoteGoAway
-	}
-
-	// Block if we have too many inflight SYNs
-	select {
-	case s.synCh <- struct{}{}:
-	case <-s.shutdownCh:
-		return nil, ErrSessionShutdown
-	}
-
-GET_ID:
-	id := atomic.LoadUint32(&s.nextStreamID)
-	if id >= math.MaxUint32-1 {
-		return nil, ErrStreamsExhausted
-	}
-	if !atomic.CompareAndSwapUint32(&s.nextStreamID, id, id+2) {
-		goto GET_ID
-	}
-
-	stream := newStream(s, id, streamInit)
-	s.streamLock.Lock()
-	s.streams[id] = stream
-	s.inflight[id] = struct{}{}
-	s.streamLock.Unlock()
-
-	if s.config.StreamOpenTimeout > 0 {
-		go s.setOpenTimeout(stream)
-	}
-
-	// The first write of a stream in streamInit carries SYN (sendFlags).
-	if _, err := stream.Write(first); err != nil {
-		select {
-		case <-s.synCh:
-		default:
-			s.logger.Printf("[ERR] yamux: aborted stream open without inflight syn semaphore")
-		}
-		return nil, err
-	}
-	return stream, nil
-}
-
 // setOpenTimeout implements a timeout for streams that are opened but not established.
 // If the StreamOpenTimeout is exceeded we assume the peer is unable to ACK,
 // and close the session.
