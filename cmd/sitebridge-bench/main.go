@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string) error {
 	fs.StringVar(&o.WAN, "wan", "auto", "WAN profile: auto (full mode, when root with iproute2), on (fail if it cannot run), off")
 	fs.DurationVar(&o.WANDelay, "wan-delay", 20*time.Millisecond, "one-way delay of the WAN profile")
 	fs.IntVar(&o.WANConnections, "wan-connections", 4, "tunnel.connections of an extra WAN run of the 8-stream figure (1: skip it)")
+	fs.DurationVar(&o.IdleTimeout, "idle-timeout", 0, "cloud1's limits.idle-timeout in the loopback layout (0: none), to measure what the idle guard costs")
 	jsonPath := fs.String("json", "bench-results.json", "write the results as JSON to `FILE` (empty: do not write)")
 	quiet := fs.Bool("q", false, "print only the table")
 	strict := fs.Bool("strict", false, "exit with status 1 when a target is missed")

@@ -40,6 +40,10 @@ type Options struct {
 	// WANConnections is the tunnel.connections of an extra WAN run of the
 	// 8-stream figure (default 4; 1 skips it).
 	WANConnections int
+	// IdleTimeout, if set, is cloud1's limits.idle-timeout in the
+	// loopback layout: the memory figures then show what the idle guard
+	// costs per held connection.
+	IdleTimeout time.Duration
 	// Only, if set, limits the run to these groups (see [Groups]), for
 	// profiling one figure or running the site store or federation alone.
 	Only []string
@@ -311,6 +315,7 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 		sinkAccept: hp(ports[1]), echoAccept: hp(ports[2]), sourceAccept: hp(ports[3]),
 		sinkTarget: direct.sinkAddr, echoTarget: direct.echoAddr, sourceTarget: direct.sourceAddr,
 		cloudAdmin: hp(ports[4]), onpremAdmin: hp(ports[5]),
+		idleTimeout: o.IdleTimeout,
 	}
 	fmt.Fprintf(prog, "loopback: servers and instances on %s, files in %s\n", ip, dir)
 	d, err := deploy(sp, o.Bin, dir, l)

@@ -198,7 +198,8 @@ type layout struct {
 	sourceAccept, sourceTarget string // like sink and echo
 	cloudAdmin, onpremAdmin    string
 	cloudPrefix, onpremPrefix  []string
-	connections                int // onprem1's tunnel.connections; 0 means the default
+	connections                int           // onprem1's tunnel.connections; 0 means the default
+	idleTimeout                time.Duration // cloud1's limits.idle-timeout; 0 means none
 }
 
 // deployment is a running cloud1 + onprem1 pair.
@@ -230,6 +231,10 @@ services:
     accept: {{.L.SourceAccept}}
 admin:
   listen: {{.L.CloudAdmin}}
+{{- if .IdleTimeout}}
+limits:
+  idle-timeout: {{.IdleTimeout}}
+{{- end}}
 {{- else}}
 peers:
   - site: cloud
@@ -290,7 +295,7 @@ func deploy(sp *spawner, bin, dir string, l layout) (*deployment, error) {
 		{"onprem1", "onprem", false, l.onpremPrefix, &d.onprem},
 	} {
 		var b bytes.Buffer
-		if err := configTmpl.Execute(&b, map[string]any{"Name": in.name, "Site": in.site, "Cloud": in.cloud, "L": view, "Connections": l.connections}); err != nil {
+		if err := configTmpl.Execute(&b, map[string]any{"Name": in.name, "Site": in.site, "Cloud": in.cloud, "L": view, "Connections": l.connections, "IdleTimeout": idleTimeoutYAML(l.idleTimeout)}); err != nil {
 			return nil, err
 		}
 		cfg := filepath.Join(dir, in.name+".yaml")
@@ -403,4 +408,12 @@ func freePort(ip string) (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// idleTimeoutYAML is d as a config duration, or "" for none.
+func idleTimeoutYAML(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return d.String()
 }
