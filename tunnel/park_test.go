@@ -418,19 +418,38 @@ func TestSweepShrinksIdleBulkStreams(t *testing.T) {
 	}
 }
 
+// parkedSplice splices one end of a loopback TCP connection with a stream
+// over wsConn (whose side of the splice parks while idle), calling
+// activity. It returns the other end of the TCP connection and the far
+// end of the stream, each with a deadline 30 s away, the spliced TCP end,
+// and a wait for the splice to return.
+func parkedSplice(t *testing.T, activity func()) (client *net.TCPConn, far *yamux.Stream, tcpEnd *net.TCPConn, wait func()) {
+	t.Helper()
+	client, tcpEnd = tcpPair(t)
+	far, streamEnd := wsStreamPair(t)
+	done := make(chan struct{})
+	go func() {
+		SpliceActivity(tcpEnd, streamEnd, activity)
+		close(done)
+	}()
+	client.SetDeadline(time.Now().Add(30 * time.Second))
+	far.SetDeadline(time.Now().Add(30 * time.Second))
+	wait = func() {
+		t.Helper()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the splice did not return")
+		}
+	}
+	return client, far, tcpEnd, wait
+}
+
 // TestSpliceDeliversOnReceiveLoop: small messages to a parked, idle
 // stream side reach the TCP connection from the session's receive loop
 // (deliver), without a goroutine started for each.
 func TestSpliceDeliversOnReceiveLoop(t *testing.T) {
-	client, tcpEnd := tcpPair(t)
-	far, streamEnd := wsStreamPair(t)
-	done := make(chan struct{})
-	go func() {
-		Splice(tcpEnd, streamEnd)
-		close(done)
-	}()
-	client.SetDeadline(time.Now().Add(20 * time.Second))
-	far.SetDeadline(time.Now().Add(20 * time.Second))
+	client, far, _, wait := parkedSplice(t, nil)
 	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
 	const rounds = 200
 	before := pipeStarts.Load()
@@ -452,28 +471,16 @@ func TestSpliceDeliversOnReceiveLoop(t *testing.T) {
 		t.Fatalf("client read %d, %v after the far end's FIN, want EOF", n, err)
 	}
 	client.Close()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Splice did not return")
-	}
+	wait()
 }
 
 // TestSpliceDeliverBackpressure: when the TCP connection does not take a
 // delivered message at once (its reader has stopped), the pipe's goroutine
 // writes the rest, and every byte arrives once, in order.
 func TestSpliceDeliverBackpressure(t *testing.T) {
-	client, tcpEnd := tcpPair(t)
+	client, far, tcpEnd, wait := parkedSplice(t, nil)
 	client.SetReadBuffer(4 << 10)
 	tcpEnd.SetWriteBuffer(4 << 10)
-	far, streamEnd := wsStreamPair(t)
-	done := make(chan struct{})
-	go func() {
-		Splice(tcpEnd, streamEnd)
-		close(done)
-	}()
-	client.SetDeadline(time.Now().Add(30 * time.Second))
-	far.SetDeadline(time.Now().Add(30 * time.Second))
 	waitFor(t, func() bool { return !strings.Contains(goroutineDump(), "(*streamPipe).run") })
 
 	// Far writes while the client does not read, so the TCP buffers fill
@@ -503,11 +510,7 @@ func TestSpliceDeliverBackpressure(t *testing.T) {
 		t.Error("no delivery was cut short by the full TCP connection: the test did not test it")
 	}
 	client.Close()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Splice did not return")
-	}
+	wait()
 }
 
 // TestSpliceActivityParks: a splice with an activity callback (an idle
@@ -515,16 +518,8 @@ func TestSpliceDeliverBackpressure(t *testing.T) {
 // side without a buffer, and the callback sees every read in both
 // directions, delivered ones included.
 func TestSpliceActivityParks(t *testing.T) {
-	client, tcpEnd := tcpPair(t)
-	far, streamEnd := wsStreamPair(t)
 	var reads atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		SpliceActivity(tcpEnd, streamEnd, func() { reads.Add(1) })
-		close(done)
-	}()
-	client.SetDeadline(time.Now().Add(20 * time.Second))
-	far.SetDeadline(time.Now().Add(20 * time.Second))
+	client, far, _, wait := parkedSplice(t, func() { reads.Add(1) })
 	buf := make([]byte, 64)
 	for i := range 10 {
 		waitFor(t, func() bool {
@@ -552,9 +547,5 @@ func TestSpliceActivityParks(t *testing.T) {
 	}
 	client.Close()
 	far.Close()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("SpliceActivity did not return")
-	}
+	wait()
 }
