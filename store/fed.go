@@ -297,13 +297,22 @@ func (s *service) fedLoop(ctx context.Context, peer *fedPeer) {
 			s.pmu[part].Lock()
 			p := s.parts[part]
 			primary := p.holds && len(p.owners) > 0 && p.owners[0] == s.self && p.epoch == tb.Parts[part].Epoch
-			committed := p.committed
+			born := p.born
 			s.pmu[part].Unlock()
 			if !primary {
 				continue
 			}
 			peer.mu.Lock()
-			need := !peer.inflight[part] && (peer.acked[part] < 0 || uint64(peer.acked[part]) < committed ||
+			acked := peer.acked[part]
+			peer.mu.Unlock()
+			owes := false
+			if acked >= 0 {
+				s.pmu[part].Lock()
+				owes = s.parts[part].owesAfter(max(uint64(acked), born))
+				s.pmu[part].Unlock()
+			}
+			peer.mu.Lock()
+			need := !peer.inflight[part] && (peer.acked[part] < 0 || owes ||
 				peer.gen[part] < ctl.Gen || peer.nb[part] < ctl.NoBacklog || (peer.lost[part] && s.fed.opts.AutoReplicate))
 			if need {
 				peer.inflight[part] = true

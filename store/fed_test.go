@@ -526,3 +526,43 @@ func TestLostPartitions(t *testing.T) {
 		}
 	}
 }
+
+// TestFederationIdleIsQuiet: once both sites have each other's changes,
+// nothing more is shipped. Before, each batch received was journaled as a
+// mark, which the receiver then sent back as a batch of its own, and the
+// two sites traded marks for ever: thousands of batches a second per
+// partition pair, and both instances' CPUs busy while idle.
+func TestFederationIdleIsQuiet(t *testing.T) {
+	f := startFed(t, func() []siteSpec { a, b := aa("cloud", "onprem"); return []siteSpec{a, b} }()...)
+	ctx := context.Background()
+	for i := range 20 {
+		site := []string{"cloud", "onprem"}[i%2]
+		if err := f.store(site).Put(ctx, "", "c", fmt.Sprintf("k%d", i), []byte(site), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.waitConverged(t, 10*time.Second, "cloud", "onprem")
+	calls := func() int {
+		f.fed.mu.Lock()
+		defer f.fed.mu.Unlock()
+		return f.fed.calls
+	}
+	// Quiet: no batch for 20 send intervals in a row.
+	const window = 200 * time.Millisecond
+	start, first := time.Now(), calls()
+	last, since := first, start
+	for time.Since(since) < window {
+		if el := time.Since(start); el > 5*time.Second {
+			t.Fatalf("federation still ships while idle: %d batches in %v", calls()-first, el.Round(time.Millisecond))
+		}
+		time.Sleep(10 * time.Millisecond)
+		if n := calls(); n != last {
+			last, since = n, time.Now()
+		}
+	}
+	// And a change made now still goes across.
+	if err := f.store("onprem").Put(ctx, "", "c", "after", []byte("quiet"), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitGet(t, f.store("cloud"), "after")
+}

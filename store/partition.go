@@ -366,3 +366,25 @@ func sortItems(items []item) {
 		return bytes.Compare([]byte(a.Key), []byte(b.Key))
 	})
 }
+
+// owesAfter reports whether a participant whose position in this journal
+// is from must be sent a batch: a committed entry after from is not a
+// federation mark, or the journal no longer reaches back to from (ship
+// then finds the gap). Marks alone are not sent for: a mark records a
+// batch received from a site, so answering one with a batch that only
+// moves the position would have the other site journal a mark of its
+// own, and the two would trade marks for ever while idle.
+func (p *partition) owesAfter(from uint64) bool {
+	if p.committed <= from {
+		return false
+	}
+	if len(p.journal) == 0 || p.journal[0].Seq > from+1 {
+		return true
+	}
+	for i := len(p.journal) - 1; i >= 0 && p.journal[i].Seq > from; i-- {
+		if j := &p.journal[i]; j.Seq <= p.committed && j.Op != opFedMark {
+			return true
+		}
+	}
+	return false
+}
