@@ -228,6 +228,14 @@ type Service struct {
 	// this instance: clients of an accept port, or streams from peers to a
 	// connect target. The excess is refused and logged. Default 4096.
 	MaxConnections int `yaml:"max-connections"`
+	// EarlyData (accept services only): what a client has sent by the
+	// time its stream opens leaves with the stream header, which saves a
+	// tunnel round trip before the first byte reaches the target. If a
+	// far end fails without answering, those bytes are sent again on the
+	// next route, so a target may see them on a connection that then
+	// closes and again on a new one: turn it on only for protocols where
+	// that is harmless (TLS, for one). Default false.
+	EarlyData bool `yaml:"early-data"`
 }
 
 // ID names the service within the instance: "tenant/name", or just the

@@ -747,6 +747,9 @@ services:
     accept: ":http"
   - name: zero
     accept: "localhost:0"
+  - name: early
+    connect: db:5432
+    early-data: true
 `,
 		want: []string{
 			`5: peers[1].site: duplicate peer site "c" (also peers[0])`,
@@ -761,6 +764,7 @@ services:
 			`19: services[6].connect: host is required`,
 			`21: services[7].accept: port must be a number from 1 to 65535`,
 			`23: services[8].accept: port must be a number from 1 to 65535`,
+			`26: services[9].early-data: applies only to accept services (the side that takes clients sends it); this service connects db:5432`,
 		},
 	},
 	{

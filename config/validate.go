@@ -320,6 +320,9 @@ func (c *Config) validateServices(v *validator) {
 			v.addr(path+".connect", s.Connect, true, false)
 		}
 		v.positive(path+".dial-timeout", s.DialTimeout)
+		if s.EarlyData && s.Accept == "" && s.Connect != "" {
+			v.add(path+".early-data", "applies only to accept services (the side that takes clients sends it); this service connects %s", s.Connect)
+		}
 		if s.MaxConnections <= 0 {
 			v.add(path+".max-connections", "must be greater than 0, got %d", s.MaxConnections)
 		}

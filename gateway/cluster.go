@@ -241,7 +241,7 @@ func (in *Instance) authorizeSiteMember(instance string) tlsgen.Authorize {
 func (in *Instance) serveRelayed(ctx context.Context, s *tunnel.Session, st *tunnel.Inbound) {
 	service := config.ServiceID(st.Header.Tenant, st.Header.Service)
 	octx, cancel := context.WithTimeout(ctx, in.conf().Limits.OpenTimeout.D()/2)
-	out, p, _, err := in.open(octx, st.Header.Tenant, st.Header.Service, false)
+	out, p, _, err := in.open(octx, st.Header.Tenant, st.Header.Service, false, nil)
 	cancel()
 	if err != nil {
 		in.log.Warn("relay refused", "member", s.Remote().Instance, "service", service, "reason", err.Error())
@@ -255,7 +255,7 @@ func (in *Instance) serveRelayed(ctx context.Context, s *tunnel.Session, st *tun
 		return
 	}
 	in.log.Debug("relaying", "member", s.Remote().Instance, "service", service, "via", p.hello.Instance)
-	in.forward(ctx, service, st, out, p)
+	in.forward(ctx, service, st, out, p, 0)
 }
 
 // relayPool caches one relay session per site member.

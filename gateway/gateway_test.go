@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -297,6 +298,123 @@ func TestRetriesNextTunnelWhenTargetUnreachable(t *testing.T) {
 			t.Fatalf("connection %d: %v", i, err)
 		}
 	}
+}
+
+// TestEarlyDataReplayedAfterRefusal: a client's first bytes leave with the
+// stream header (early data). When that route refuses, they go again with
+// the header on the next route, and the target gets them once, in order.
+func TestEarlyDataReplayedAfterRefusal(t *testing.T) {
+	e := newEnv(t, "cloud/cloud1", "cloud/cloud2", "onprem/onprem1")
+	c1 := e.start(cloudYAML("cloud1", "127.0.0.1:1"), listenOn("127.0.0.1:0", "127.0.0.1:0")) // refuses: target-unreachable
+	c2 := e.start(cloudYAML("cloud2", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
+	op := e.start(onpremYAML("onprem1", e.echoA, wssURL(c1.TunnelAddr()), wssURL(c2.TunnelAddr())), listenOn("", "127.0.0.1:0"))
+	waitFor(t, "both tunnels up", 5*time.Second, func() bool { return tunnels(op) == 2 })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// One connection held through cloud2 makes cloud1 the least busy
+	// tunnel, so every open below tries cloud1 first and is refused there.
+	held, hp, _, err := op.open(ctx, "", "server-b", true, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hp.active.Add(-1)
+	defer held.Close()
+	if hp.hello.Instance != "cloud2" {
+		t.Fatalf("held connection went to %s", hp.hello.Instance)
+	}
+	for i := range 5 {
+		early := []byte(strings.Repeat(fmt.Sprintf("early data %d ", i), 100) + "\n")
+		st, p, failed, err := op.open(ctx, "", "server-b", true, early)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if failed != 1 || p.hello.Instance != "cloud2" {
+			t.Fatalf("open %d: %d refusals, ended on %s; want 1, cloud2", i, failed, p.hello.Instance)
+		}
+		st.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := st.Write([]byte("then more\n")); err != nil {
+			t.Fatal(err)
+		}
+		want := string(early) + "then more\n"
+		got := make([]byte, len(want)+1)
+		n, err := io.ReadAtLeast(st, got, len(want))
+		if err != nil || string(got[:n]) != want {
+			t.Fatalf("open %d: echo %q, %v; want the early data once, then the rest", i, got[:n], err)
+		}
+		st.Close()
+		p.active.Add(-1)
+	}
+}
+
+// TestEarlyDataClientsAndServersFirst: with services[].early-data on,
+// clients that speak first get through with their first bytes sent along
+// with the stream header, and a server that speaks first (a banner) is
+// not kept waiting for client bytes that never come.
+func TestEarlyDataClientsAndServersFirst(t *testing.T) {
+	e := newEnv(t, "cloud/cloud1", "onprem/onprem1")
+	banner := startBanner(t, "220 ready\n")
+	early := func(c *config.Config) {
+		listenOn("127.0.0.1:0", "127.0.0.1:0")(c)
+		for i := range c.Services {
+			c.Services[i].EarlyData = c.Services[i].Accept != ""
+		}
+	}
+	cloud := e.start(cloudYAML("cloud1", e.echoB), early)
+	e.start(onpremYAML("onprem1", banner, wssURL(cloud.TunnelAddr())), listenOn("", "127.0.0.1:0"))
+	waitFor(t, "tunnel up", 5*time.Second, func() bool { return tunnels(cloud) == 1 })
+
+	for i := range 20 {
+		c, err := net.Dial("tcp", cloud.AcceptAddr("server-a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		if i%2 == 1 {
+			// The client speaks first: its line goes as early data (when
+			// it is there by the time the stream opens).
+			fmt.Fprintf(c, "line %d\n", i)
+		}
+		got, err := r.ReadString('\n')
+		if err != nil || got != "220 ready\n" {
+			t.Fatalf("connection %d: banner %q, %v", i, got, err)
+		}
+		if i%2 == 0 {
+			fmt.Fprintf(c, "line %d\n", i)
+		}
+		if got, err := r.ReadString('\n'); err != nil || got != fmt.Sprintf("line %d\n", i) {
+			t.Fatalf("connection %d: echo %q, %v", i, got, err)
+		}
+		c.Close()
+	}
+	if !strings.Contains(cloud.logs.String(), "early data") {
+		t.Fatal("no connection sent early data")
+	}
+}
+
+// startBanner serves a line-echo server that first writes greeting.
+func startBanner(t *testing.T, greeting string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.WriteString(c, greeting)
+				io.Copy(c, c)
+			})
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
 }
 
 func TestTargetHealthAnnouncedToPeers(t *testing.T) {

@@ -20,6 +20,8 @@ type metrics struct {
 	openSeconds       *prometheus.HistogramVec
 	failovers         *prometheus.CounterVec
 	relays            *prometheus.CounterVec
+	earlyOpens        *prometheus.CounterVec
+	earlyBytes        *prometheus.CounterVec
 }
 
 func newMetrics(s *Supervisor) *metrics {
@@ -47,8 +49,12 @@ func newMetrics(s *Supervisor) *metrics {
 		Help: "Client connections that got through on another route after a route failed."}, []string{"service"})
 	m.relays = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "relayed_connections_total",
 		Help: "Client connections relayed through another member of this site."}, []string{"service"})
+	m.earlyOpens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "early_data_opens_total",
+		Help: "Client connections whose first bytes went with the stream header (services[].early-data)."}, []string{"service"})
+	m.earlyBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "early_data_bytes_total",
+		Help: "Client bytes sent with stream headers (services[].early-data); also counted in forwarded_bytes_total."}, []string{"service"})
 	m.reg.MustRegister(m.tunnelConnects, m.tunnelDisconnects, m.streamsOpened, m.streamsRefused, m.connections,
-		m.bytes, m.openSeconds, m.failovers, m.relays,
+		m.bytes, m.openSeconds, m.failovers, m.relays, m.earlyOpens, m.earlyBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&liveCollector{s: s})
 	return m
@@ -88,6 +94,15 @@ func (m *metrics) openTook(service string, seconds float64, failedRoutes int, re
 	}
 	if relayed {
 		m.relays.WithLabelValues(service).Inc()
+	}
+}
+
+// earlyData counts a client connection whose first n bytes went with its
+// stream header.
+func (m *metrics) earlyData(service string, n int) {
+	if m != nil {
+		m.earlyOpens.WithLabelValues(service).Inc()
+		m.earlyBytes.WithLabelValues(service).Add(float64(n))
 	}
 }
 

@@ -20,12 +20,16 @@ type liveConfig struct {
 	cfg     *config.Config
 	connect map[string]config.Service // connect services by ID
 	maxConn map[string]int            // services[].max-connections by ID
+	early   map[string]bool           // accept services with early-data on, by ID
 }
 
 func newLiveConfig(cfg *config.Config) *liveConfig {
-	lc := &liveConfig{cfg: cfg, connect: map[string]config.Service{}, maxConn: map[string]int{}}
+	lc := &liveConfig{cfg: cfg, connect: map[string]config.Service{}, maxConn: map[string]int{}, early: map[string]bool{}}
 	for _, s := range cfg.Services {
 		lc.maxConn[s.ID()] = s.MaxConnections
+		if s.IsAccept() && s.EarlyData {
+			lc.early[s.ID()] = true
+		}
 		if !s.IsAccept() {
 			lc.connect[s.ID()] = s
 		}

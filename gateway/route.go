@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/sitebridge/sitebridge/config"
@@ -78,7 +79,22 @@ func (in *Instance) handleClient(ctx context.Context, svc config.Service, c net.
 	service := svc.ID()
 	octx, cancel := context.WithTimeout(ctx, in.conf().Limits.OpenTimeout.D())
 	start := time.Now()
-	st, p, failed, err := in.open(octx, svc.Tenant, svc.Name, true)
+	// Early data (services[].early-data): what the client has sent by now
+	// leaves with the stream header, which saves a tunnel round trip before
+	// the first byte reaches the target when the client speaks first. A
+	// client that waits for the server to speak loses nothing: nothing is
+	// there, nothing is waited for.
+	var eb *[]byte
+	var early []byte
+	if in.live().early[service] {
+		eb = earlyBufs.Get().(*[]byte)
+		early = (*eb)[:tunnel.ReadNow(c, *eb)]
+	}
+	st, p, failed, err := in.open(octx, svc.Tenant, svc.Name, true, early)
+	sent := len(early)
+	if eb != nil {
+		earlyBufs.Put(eb) // sent: not held for the connection's life
+	}
 	cancel()
 	routed()
 	if err != nil {
@@ -88,11 +104,23 @@ func (in *Instance) handleClient(ctx context.Context, svc config.Service, c net.
 	}
 	in.m.opened(service, "accept")
 	in.m.openTook(service, time.Since(start).Seconds(), failed, p == nil)
-	in.forward(ctx, service, c, st, p)
+	if sent > 0 {
+		in.m.earlyData(service, sent)
+		in.log.Debug("client bytes sent with the stream header (early data)", "service", service, "bytes", sent)
+	}
+	in.forward(ctx, service, c, st, p, sent)
 }
 
+// earlyMax bounds the early data sent with a stream header: one read of
+// what a client sent before the stream opened, kept until the far end
+// answers (see handleClient).
+const earlyMax = 16 << 10
+
+var earlyBufs = sync.Pool{New: func() any { b := make([]byte, earlyMax); return &b }}
+
 // forward splices a client (or relayed) connection with its stream.
-func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn, p *peer) {
+// early is how many bytes of c already went with the stream header.
+func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn, p *peer, early int) {
 	if p != nil {
 		defer p.active.Add(-1) // counted by open (registry.reserve)
 	}
@@ -110,7 +138,7 @@ func (in *Instance) forward(ctx context.Context, service string, c, st net.Conn,
 	}
 	done := in.m.conn(service, "accept")
 	toPeer, fromPeer := tunnel.SpliceActivity(c, st, activity)
-	done(toPeer, fromPeer)
+	done(toPeer+int64(early), fromPeer)
 }
 
 // route is one way to reach a service: a tunnel of this instance, or a
@@ -167,11 +195,13 @@ func (in *Instance) routes(tenant, service string, relay bool) ([]route, <-chan 
 // appear when there is none, all within ctx's deadline. The peer is nil
 // for a relayed stream.
 // It also returns how many routes failed before the one that worked.
+// early goes with the stream header on every route tried (see
+// tunnel.Session.OpenServiceEarly).
 //
 // A direct route's peer comes back with one more active connection counted
 // on it (see registry.reserve); forward, or the caller on failure, gives
 // it back.
-func (in *Instance) open(ctx context.Context, tenant, service string, relay bool) (net.Conn, *peer, int, error) {
+func (in *Instance) open(ctx context.Context, tenant, service string, relay bool, early []byte) (net.Conn, *peer, int, error) {
 	tried := map[any]bool{}
 	// Instances that refused or did not answer: their other tunnels
 	// (tunnel.connections) would do the same.
@@ -223,7 +253,7 @@ func (in *Instance) open(ctx context.Context, tenant, service string, relay bool
 			r = &route{p: p}
 		}
 		tried[r.key()] = true
-		st, err := in.openOn(ctx, *r, tenant, service, more)
+		st, err := in.openOn(ctx, *r, tenant, service, more, early)
 		if err == nil {
 			if r.p == nil {
 				in.log.Debug("client relayed", "service", service, "via", r.relay.Name)
@@ -246,7 +276,7 @@ func (in *Instance) open(ctx context.Context, tenant, service string, relay bool
 // openOn opens a stream on one route. While other routes remain, one
 // attempt may use only half of the time left, so a far end that hangs (a
 // black-holed target) still leaves time to try the next route.
-func (in *Instance) openOn(ctx context.Context, r route, tenant, service string, more bool) (net.Conn, error) {
+func (in *Instance) openOn(ctx context.Context, r route, tenant, service string, more bool, early []byte) (net.Conn, error) {
 	if d, ok := ctx.Deadline(); ok && more {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Until(d)/2)
@@ -259,7 +289,7 @@ func (in *Instance) openOn(ctx context.Context, r route, tenant, service string,
 			return nil, err
 		}
 	}
-	return sess.OpenService(ctx, tenant, service)
+	return sess.OpenServiceEarly(ctx, tenant, service, early)
 }
 
 // serveInbound serves a stream a peer opened: it connects the named

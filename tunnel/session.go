@@ -220,16 +220,31 @@ func (s *Session) Ping() (time.Duration, error) { return s.mux.Ping() }
 // for the peer's answer. On refusal it returns a *RefusedError. The context
 // bounds only the opening, not the life of the stream.
 func (s *Session) OpenService(ctx context.Context, tenant, service string) (net.Conn, error) {
-	return s.OpenStream(ctx, Header{Kind: KindService, Tenant: tenant, Service: service})
+	return s.openStream(ctx, Header{Kind: KindService, Tenant: tenant, Service: service}, nil)
+}
+
+// OpenServiceEarly is OpenService with early data: the client's first
+// bytes leave with the header, in the same frame, instead of one tunnel
+// round trip later, after the answer (PROTOCOL.md §5, early data). The far
+// end passes them to the target once it accepts, and drops them if it
+// refuses; the caller keeps early until this returns, to send it again on
+// the next route after a refusal.
+func (s *Session) OpenServiceEarly(ctx context.Context, tenant, service string, early []byte) (net.Conn, error) {
+	return s.openStream(ctx, Header{Kind: KindService, Tenant: tenant, Service: service}, early)
 }
 
 // OpenStream opens a stream with the given header and waits for the peer's
 // answer, like OpenService, for any stream kind.
 func (s *Session) OpenStream(ctx context.Context, h Header) (net.Conn, error) {
+	return s.openStream(ctx, h, nil)
+}
+
+func (s *Session) openStream(ctx context.Context, h Header, early []byte) (net.Conn, error) {
 	hdr, err := AppendHeader(nil, h)
 	if err != nil {
 		return nil, err
 	}
+	hdr = append(hdr, early...)
 	st, err := s.mux.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)

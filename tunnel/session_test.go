@@ -439,3 +439,32 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestOpenServiceEarly: early data reaches the handler after the header,
+// before anything the opener writes later, and does not break a refusal:
+// the refused stream's early bytes are dropped and the session carries on.
+func TestOpenServiceEarly(t *testing.T) {
+	p := newPKI(t)
+	srv := startServer(t, p, Config{})
+	cli := dial(t, p, srv, dialConfig())
+	<-srv.sessions
+	ctx := context.Background()
+
+	big := bytes.Repeat([]byte("0123456789abcdef"), 1024) // 16 KiB, the gateway's bound
+	for _, early := range [][]byte{nil, []byte("first line\n"), big} {
+		if _, err := cli.OpenServiceEarly(ctx, "", "refuse-me", early); !errors.As(err, new(*RefusedError)) {
+			t.Fatalf("refuse-me with %d early bytes: %v, want a refusal", len(early), err)
+		}
+		st, err := cli.OpenServiceEarly(ctx, "", "server-b", early)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.SetDeadline(time.Now().Add(5 * time.Second))
+		got := make([]byte, len(early))
+		if _, err := io.ReadFull(st, got); err != nil || !bytes.Equal(got, early) {
+			t.Fatalf("echo of %d early bytes: %d differ, %v", len(early), len(got), err)
+		}
+		roundTrip(t, st, "after the early data\n")
+		st.Close()
+	}
+}

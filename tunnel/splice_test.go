@@ -344,3 +344,44 @@ func TestPipeBufferGrowsForBulk(t *testing.T) {
 		})
 	}
 }
+
+// TestReadNow: ReadNow never waits; it takes what has arrived, and reports
+// 0 for nothing yet, for the end of the stream and for a non-TCP conn.
+func TestReadNow(t *testing.T) {
+	if !canReadNow {
+		t.Skip("ReadNow reads ahead only on unix")
+	}
+	client, server := tcpPair(t)
+	buf := make([]byte, 64)
+	start := time.Now()
+	if n := ReadNow(server, buf); n != 0 {
+		t.Fatalf("ReadNow with nothing sent = %d", n)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("ReadNow waited %v", d)
+	}
+	client.Write([]byte("hello"))
+	var got []byte
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < 5 && time.Now().Before(deadline) {
+		got = append(got, buf[:ReadNow(server, buf)]...)
+	}
+	if string(got) != "hello" {
+		t.Fatalf("ReadNow got %q, want hello", got)
+	}
+	client.CloseWrite()
+	// The end of the stream is left for Read to report.
+	server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for ReadNow(server, buf) != 0 {
+		t.Fatal("ReadNow returned bytes after the sender's end")
+	}
+	if _, err := server.Read(buf); !errors.Is(err, io.EOF) {
+		t.Fatalf("Read after ReadNow = %v, want EOF", err)
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if n := ReadNow(a, buf); n != 0 {
+		t.Fatalf("ReadNow on a net.Pipe = %d", n)
+	}
+}

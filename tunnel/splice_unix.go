@@ -96,3 +96,35 @@ func (w *tryWriter) tryWrite(b []byte) int {
 	}
 	return n
 }
+
+// ReadNow reads into b what c has already received, without waiting. It
+// returns 0 when nothing has arrived yet, and also at the end of the
+// stream or on an error, which the next Read reports again. Only TCP
+// connections are read; for any other it returns 0.
+func ReadNow(c net.Conn, b []byte) int {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || len(b) == 0 {
+		return 0
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var n int
+	var rerr error
+	err = rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = syscall.Read(int(fd), b)
+			if rerr != syscall.EINTR {
+				return true // read or not, never wait
+			}
+		}
+	})
+	if err != nil || rerr != nil || n < 0 {
+		return 0
+	}
+	return n
+}
+
+// canReadNow: ReadNow reads ahead here.
+const canReadNow = true
