@@ -43,8 +43,9 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	if len(args) > 0 && args[0] == "relay" {
-		// The reference relay (a child of a bench run): relay LISTEN=TARGET...
-		return bench.Relay(ctx, args[1:])
+		// A reference relay (a child of a bench run):
+		// relay [-tls-cert F -tls-key F -tls-ca F] [tls://]LISTEN=[tls://]TARGET...
+		return bench.Relay(ctx, args[1:], os.Stderr)
 	}
 	if len(args) > 0 && args[0] == "servers" {
 		// The servers of a bench run (a child): servers SINK ECHO SOURCE.
@@ -64,6 +65,7 @@ func run(ctx context.Context, args []string) error {
 	strict := fs.Bool("strict", false, "exit with status 1 when a target is missed")
 	limit := fs.Duration("timeout", 10*time.Minute, "stop the whole run after this long")
 	noRelay := fs.Bool("no-relay", false, "skip the reference column (two plain TCP relays in a chain)")
+	noTLSRelay := fs.Bool("no-tls-relay", false, "skip the second reference column (two relays in a chain with mutual TLS 1.3 between them)")
 	inprocServers := fs.Bool("inproc-servers", false, "run the sink, echo and source servers inside the bench process instead of a process of their own")
 	fs.BoolVar(&o.NoLoopback, "no-loopback", false, "skip the loopback figures (with -wan on: only the WAN profile)")
 	only := fs.String("only", "", "comma-separated groups to run: "+strings.Join(bench.Groups, ", ")+" (default: all)")
@@ -112,6 +114,9 @@ func run(ctx context.Context, args []string) error {
 	}
 	if !*noRelay {
 		o.RelayArgv = []string{exe, "relay"}
+	}
+	if !*noTLSRelay {
+		o.TLSRelayArgv = []string{exe, "relay"}
 	}
 	if !*inprocServers {
 		o.ServersArgv = []string{exe, "servers"}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,10 @@ type Options struct {
 	// LISTEN=TARGET pairs (see Relay); the loopback figures then have a
 	// reference column.
 	RelayArgv []string
+	// TLSRelayArgv is the same for the second reference, two relays with
+	// mutual TLS between them: each relay's -tls-* flags and its
+	// [tls://]LISTEN=[tls://]TARGET pairs are appended.
+	TLSRelayArgv []string
 	// ServersArgv, if set, runs the sink, echo and source servers in a
 	// process of their own, started with their three addresses appended
 	// (see Servers): every path then reaches them as a client reaches a
@@ -128,6 +133,13 @@ type Figure struct {
 	// only; see Relay).
 	Relay     *float64  `json:"relay,omitempty"`
 	RelayRuns []float64 `json:"relay_runs,omitempty"`
+	// TLSRelay is the second reference: two relays in a chain with
+	// mutual TLS 1.3 between them (loopback only; see Relay).
+	// TLSRelayStatus says why there is no value, when the TLS relays ran
+	// but have none for this figure.
+	TLSRelay       *float64  `json:"tls_relay,omitempty"`
+	TLSRelayRuns   []float64 `json:"tls_relay_runs,omitempty"`
+	TLSRelayStatus string    `json:"tls_relay_status,omitempty"`
 }
 
 // Machine describes where a run happened.
@@ -251,6 +263,9 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		if strings.HasPrefix(f.Status, "failed") {
 			res.Problems = append(res.Problems, f.Name+": "+f.Status)
 		}
+		if strings.HasPrefix(f.TLSRelayStatus, "failed") {
+			res.Problems = append(res.Problems, f.Name+", 2 TLS relays: "+f.TLSRelayStatus)
+		}
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, ctx.Err()
@@ -303,11 +318,9 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 		fmt.Fprintln(prog, "servers: in the bench process")
 	}
 
-	ports := make([]int, 12)
-	for i := range ports {
-		if ports[i], err = freePort(ip); err != nil {
-			return err
-		}
+	ports, err := freePorts(ip, 18)
+	if err != nil {
+		return err
 	}
 	hp := func(port int) string { return net.JoinHostPort(ip, fmt.Sprint(port)) }
 	l := layout{
@@ -330,41 +343,22 @@ func loopback(ctx context.Context, o Options, p params, sp *spawner, res *Result
 	}
 	fmt.Fprintf(prog, "tunnel up in %v\n", time.Since(t0).Round(time.Millisecond))
 
-	// The reference: two plain TCP relays in a chain, the same process and
-	// socket layout as the tunnel without its layers.
-	var relay *targets
-	if len(o.RelayArgv) > 0 {
-		hop1 := targets{sinkAddr: hp(ports[6]), echoAddr: hp(ports[7]), sourceAddr: hp(ports[8])}
-		hop2 := targets{sinkAddr: hp(ports[9]), echoAddr: hp(ports[10]), sourceAddr: hp(ports[11])}
-		var relays []*child
-		for i, pairs := range [][]string{
-			{hop2.sinkAddr + "=" + direct.sinkAddr, hop2.echoAddr + "=" + direct.echoAddr, hop2.sourceAddr + "=" + direct.sourceAddr},
-			{hop1.sinkAddr + "=" + hop2.sinkAddr, hop1.echoAddr + "=" + hop2.echoAddr, hop1.sourceAddr + "=" + hop2.sourceAddr},
-		} {
-			name := fmt.Sprintf("relay%d", 2-i)
-			c, err := startChild(sp, name, filepath.Join(dir, name+".log"), append(slices.Clone(o.RelayArgv), pairs...))
-			if err != nil {
-				return err
-			}
-			relays = append(relays, c)
-		}
-		defer func() {
-			for _, c := range relays {
-				c.stop()
-			}
-		}()
-		rd := &deployment{cloud: relays[1], onprem: relays[0]}
-		if err := rd.waitReady(ctx, hop1.echo(), 10*time.Second); err != nil {
-			return fmt.Errorf("reference relays: %w", err)
-		}
-		hop1.procs = relays
-		relay = &hop1
+	// The references: two relays in a chain, the same process and socket
+	// layout as the tunnel without its layers. Hop i listens on ports
+	// 6+3i to 8+3i.
+	hop := func(i int) targets {
+		return targets{sinkAddr: hp(ports[6+3*i]), echoAddr: hp(ports[7+3*i]), sourceAddr: hp(ports[8+3*i])}
 	}
+	refs, stopRefs, err := startReferences(ctx, o, sp, dir, ip, direct, hop)
+	if err != nil {
+		return err
+	}
+	defer stopRefs()
 
 	if o.want("memory") {
 		res.Figures = append(res.Figures, memoryFigures(ctx, d, tunnel, p, prog)...)
 	}
-	res.Figures = append(res.Figures, loadFigures(ctx, o, direct, tunnel, relay, p, p.tpDur, true, prog)...)
+	res.Figures = append(res.Figures, loadFigures(ctx, o, direct, tunnel, refs, p, p.tpDur, true, prog)...)
 	if err := d.exited(); err != nil {
 		return err
 	}
@@ -451,9 +445,10 @@ func memoryFigures(ctx context.Context, d *deployment, tun targets, p params, pr
 	return figs
 }
 
-// loadFigures measures the load figures on both paths, alternating direct
-// and tunnel runs. With latency false (WAN), only throughput is measured.
-func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *targets, p params, tpDur time.Duration, all bool, prog io.Writer) []Figure {
+// loadFigures measures the load figures on direct, the tunnel and the
+// references, alternating the paths run by run. With all false (WAN), only
+// throughput is measured.
+func loadFigures(ctx context.Context, o Options, direct, tun targets, refs []reference, p params, tpDur time.Duration, all bool, prog io.Writer) []Figure {
 	type measure struct {
 		group, unit, target string
 		run                 func(t targets) ([]float64, error) // one run: one value per figure
@@ -465,6 +460,8 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 		// cpu names a figure of the CPU time the forwarding processes
 		// spend per GB moved, from this throughput measure (MB/s).
 		cpuKey, cpuName string
+		// noTLSRelay, if set, says why the TLS relays are not measured.
+		noTLSRelay string
 	}
 	bps := func(v float64, err error) ([]float64, error) { return []float64{v / 1e6}, err }
 	ms := []measure{
@@ -501,6 +498,7 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 					return out, nil
 				}},
 			measure{group: "conns", keys: []string{"conns_per_s"}, names: []string{fmt.Sprintf("new conns/s (%d workers, 1 round trip each)", p.connWorkers)}, unit: "/s", target: "≥ 0.5",
+				noTLSRelay: "not measured: a full TLS handshake per connection, where the tunnel opens a stream on its long-lived TLS session",
 				run: func(t targets) ([]float64, error) {
 					// A fresh client address per run keeps TIME_WAIT of
 					// earlier runs out of the way.
@@ -519,10 +517,13 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 	}
 	targetsFor := map[string]string{"echo_p50": "≤ 2×", "echo_p99": "≤ 1.8×"}
 
-	// A short warm-up of both paths: first runs pay for TLS record size
+	// A short warm-up of every path: first runs pay for TLS record size
 	// ramp-up, window growth and cold caches.
 	throughput(ctx, direct.sink(), 1, 200*time.Millisecond, p.tpMax)
 	throughput(ctx, tun.sink(), 1, 200*time.Millisecond, p.tpMax)
+	for _, r := range refs {
+		throughput(ctx, r.t.sink(), 1, 200*time.Millisecond, p.tpMax)
+	}
 
 	var figs, cpuFigs []Figure
 	for _, m := range ms {
@@ -534,10 +535,14 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 			t    targets
 			out  [][]float64
 			cpu  []float64 // CPU seconds per GB of the forwarding processes, per run
+			err  error     // the last failed run's
 		}
 		paths := []*path{{name: "direct", t: direct}, {name: "tunnel", t: tun}}
-		if relay != nil {
-			paths = append(paths, &path{name: "relay", t: *relay})
+		for _, r := range refs {
+			if r.name == refTLSRelay && m.noTLSRelay != "" {
+				continue
+			}
+			paths = append(paths, &path{name: r.name, t: r.t})
 		}
 		for _, pa := range paths {
 			pa.out = make([][]float64, len(m.keys))
@@ -552,6 +557,9 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 				vs, err := m.runAll(ts)
 				if err != nil {
 					failure = fmt.Errorf("run %d: %w", r+1, err)
+					for _, pa := range paths {
+						pa.err = failure
+					}
 					fmt.Fprintf(prog, "  %s run %d: %v\n", m.names[0], r+1, err)
 					continue
 				}
@@ -559,7 +567,7 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 					for i := range vs[j] {
 						pa.out[i] = append(pa.out[i], vs[j][i])
 					}
-					fmt.Fprintf(prog, "  %-42s %-6s run %d/%d: %s\n", m.names[0], pa.name, r+1, p.runs, fmtVals(vs[j], m.unit))
+					fmt.Fprintf(prog, "  %-42s %-9s run %d/%d: %s\n", m.names[0], pa.name, r+1, p.runs, fmtVals(vs[j], m.unit))
 				}
 				continue
 			}
@@ -573,6 +581,7 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 				v, err := m.run(pa.t)
 				if err != nil {
 					failure = fmt.Errorf("%s run %d: %w", pa.name, r+1, err)
+					pa.err = failure
 					fmt.Fprintf(prog, "  %s %s run %d: %v\n", m.names[0], pa.name, r+1, err)
 					continue
 				}
@@ -586,7 +595,7 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 				for i := range v {
 					pa.out[i] = append(pa.out[i], v[i])
 				}
-				fmt.Fprintf(prog, "  %-42s %-6s run %d/%d: %s\n", m.names[0], pa.name, r+1, p.runs, fmtVals(v, m.unit))
+				fmt.Fprintf(prog, "  %-42s %-9s run %d/%d: %s\n", m.names[0], pa.name, r+1, p.runs, fmtVals(v, m.unit))
 			}
 		}
 		for i, key := range m.keys {
@@ -599,10 +608,11 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 			} else {
 				f.set(paths[0].out[i], paths[1].out[i])
 				f.check()
-				if len(paths) > 2 && len(paths[2].out[i]) > 0 {
-					f.RelayRuns = paths[2].out[i]
-					v := median(f.RelayRuns)
-					f.Relay = &v
+				for _, pa := range paths[2:] {
+					f.setRef(pa.name, pa.out[i], cmp.Or(pa.err, failure))
+				}
+				if hasRef(refs, refTLSRelay) && m.noTLSRelay != "" {
+					f.TLSRelayStatus = m.noTLSRelay
 				}
 			}
 			figs = append(figs, f)
@@ -610,15 +620,17 @@ func loadFigures(ctx context.Context, o Options, direct, tun targets, relay *tar
 		if m.cpuKey != "" && len(paths[1].cpu) > 0 {
 			f := Figure{Key: m.cpuKey, Name: m.cpuName, Unit: "s/GB"}
 			f.set(nil, paths[1].cpu)
-			if len(paths) > 2 && len(paths[2].cpu) > 0 {
-				f.RelayRuns = paths[2].cpu
-				v := median(f.RelayRuns)
-				f.Relay = &v
+			for _, pa := range paths[2:] {
+				f.setRef(pa.name, pa.cpu, cmp.Or(pa.err, failure))
 			}
 			cpuFigs = append(cpuFigs, f)
 		}
 	}
 	return append(figs, cpuFigs...)
+}
+
+func hasRef(refs []reference, name string) bool {
+	return slices.ContainsFunc(refs, func(r reference) bool { return r.name == name })
 }
 
 func fmtVals(v []float64, unit string) string {
@@ -642,6 +654,29 @@ func (f *Figure) set(direct, tunnel []float64) {
 		if f.Tunnel != nil && v != 0 {
 			r := *f.Tunnel / v
 			f.Ratio = &r
+		}
+	}
+}
+
+// setRef stores the runs and median of the reference path named ref; with
+// no runs, the TLS relays' status says why (the plain relays have none).
+func (f *Figure) setRef(ref string, runs []float64, err error) {
+	var v *float64
+	if len(runs) > 0 {
+		m := median(runs)
+		v = &m
+	}
+	switch ref {
+	case refRelay:
+		f.Relay, f.RelayRuns = v, runs
+	case refTLSRelay:
+		f.TLSRelay, f.TLSRelayRuns = v, runs
+		switch {
+		case v != nil:
+		case err != nil:
+			f.TLSRelayStatus = "failed: " + err.Error()
+		default:
+			f.TLSRelayStatus = "failed: no value"
 		}
 	}
 }
@@ -702,10 +737,11 @@ func WriteTable(w io.Writer, r *Results) {
 
 func writeFigures(w io.Writer, figs []Figure) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "figure\tdirect\ttunnel\tratio\ttarget\t\t2 TCP relays (ref.)\tratio\t")
+	fmt.Fprintln(tw, "figure\tdirect\ttunnel\tratio\ttarget\t\t2 TCP relays (ref.)\tratio\t2 TLS relays (ref.)\tratio\t")
+	var notes []string
 	for _, f := range figs {
 		if f.Status != "" {
-			fmt.Fprintf(tw, "%s\t%s\t\t\t%s\t\t\t\t\n", f.Name, f.Status, f.Target)
+			fmt.Fprintf(tw, "%s\t%s\t\t\t%s\t\t\t\t\t\t\n", f.Name, f.Status, f.Target)
 			continue
 		}
 		dv, rv, mark := "—", "—", ""
@@ -721,16 +757,31 @@ func writeFigures(w io.Writer, figs []Figure) {
 		if f.Pass != nil {
 			mark = map[bool]string{true: "ok", false: "MISSED"}[*f.Pass]
 		}
-		relay, relayRatio := "", ""
-		if f.Relay != nil {
-			relay = fmtNum(*f.Relay) + " " + f.Unit
-			if f.Direct != nil && *f.Direct != 0 {
-				relayRatio = fmt.Sprintf("%.2f", *f.Relay / *f.Direct)
-			}
+		relay, relayRatio := refCells(f, f.Relay)
+		tlsRelay, tlsRelayRatio := refCells(f, f.TLSRelay)
+		if f.TLSRelayStatus != "" {
+			tlsRelay = "—"
+			notes = append(notes, fmt.Sprintf("2 TLS relays, %s: %s", f.Name, f.TLSRelayStatus))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Name, dv, fmtNum(*f.Tunnel)+" "+f.Unit, rv, f.Target, mark, relay, relayRatio)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Name, dv, fmtNum(*f.Tunnel)+" "+f.Unit, rv, f.Target, mark,
+			relay, relayRatio, tlsRelay, tlsRelayRatio)
 	}
 	tw.Flush()
+	for _, n := range notes {
+		fmt.Fprintln(w, "—", n)
+	}
+}
+
+// refCells are a reference's value and its ratio to direct, or empty.
+func refCells(f Figure, v *float64) (value, ratio string) {
+	if v == nil {
+		return "", ""
+	}
+	value = fmtNum(*v) + " " + f.Unit
+	if f.Direct != nil && *f.Direct != 0 {
+		ratio = fmt.Sprintf("%.2f", *v / *f.Direct)
+	}
+	return value, ratio
 }
 
 func fmtNum(v float64) string {

@@ -11,8 +11,9 @@
 // instance as an operator runs it. One run:
 //
 //  1. generates a CA and two instance certificates with package tlsgen in a
-//     temporary directory, writes one config per instance and checks each
-//     with `sitebridge run --check`;
+//     temporary directory (and, from the same CA, one per TLS relay),
+//     writes one config per instance and checks each with `sitebridge run
+//     --check`;
 //  2. starts a sink (reads until EOF, then answers the byte count), an echo
 //     server (package internal/echo) and a source (writes for a requested
 //     time) on a random 127.x.y.z address;
@@ -20,17 +21,17 @@
 //     "source") and onprem1 (dials cloud1 over wss:// with mutual TLS 1.3;
 //     connects the three services to the servers above): a 1+1 deployment
 //     whose clients reach on-prem servers through the cloud instance;
-//  4. starts the reference: two plain TCP relays in a chain (see [Relay]),
-//     the process and socket layout of the tunnel without TLS, WebSocket
-//     and yamux, so the table shows how much of the cost is the layout
-//     itself;
+//  4. starts the references (see References below): two plain TCP
+//     relays in a chain, and two relays in a chain with mutual TLS 1.3
+//     between them;
 //  5. measures resident memory idle and while holding N forwarded
 //     connections (1,000), each having echoed once;
 //  6. measures each load figure on the direct path (client to server),
-//     through the tunnel (client to cloud1's accept port) and through the
-//     relays, alternating the paths run by run so that noise on a shared
-//     machine falls on all of them; it reports the median of the runs and
-//     the ratio of the medians (tunnel / direct).
+//     through the tunnel (client to cloud1's accept port) and through each
+//     pair of relays, alternating the paths run by run so that noise on a
+//     shared machine falls on all of them; it reports the median of the
+//     runs and the ratio of the medians (tunnel / direct, and each
+//     reference / direct).
 //
 // The figures:
 //
@@ -47,18 +48,61 @@
 //     p50 and p99;
 //   - new connections per second: 4 workers each connect, echo 64 bytes
 //     once and close, in a loop, for 1.5 s (short 0.5 s), from a fresh
-//     127.x.y.z client address per run;
+//     127.x.y.z client address per run. Not measured through the TLS
+//     relays (the cell shows "—" and a note under the table says why);
+//     see References;
 //   - forwarding CPU per GB, for each throughput figure: the CPU time
 //     (user and system, from /proc/PID/stat) the two instances used
 //     during each tunnel run, over the bytes the run moved, and the same
-//     for the two reference relays. Unlike the throughput ratios, which
-//     swing with the load other programs put on a shared machine, this
-//     says how much work the forwarding itself costs;
+//     for each pair of reference relays. Unlike the throughput ratios,
+//     which swing with the load other programs put on a shared machine,
+//     this says how much work the forwarding itself costs;
 //   - resident memory of each instance idle (tunnel up, no connection, 1 s
 //     after start-up), and the growth per held connection while 1,000
 //     connections are held (1 s after the last opened; VmRSS, median of 5
 //     samples). Garbage not yet collected counts, as it does for an
 //     operator.
+//
+// # References
+//
+// Each reference is a pair of relay processes in a chain (client ->
+// relay1 -> relay2 -> server), the process and socket layout of the 1+1
+// tunnel, run by `sitebridge-bench relay` (see [Relay]): one connection
+// dialled per client connection, io.Copy both ways, half-close passed on.
+// They answer what any design with that layout costs on this machine,
+// whatever its protocol:
+//
+//   - "2 TCP relays" (-no-relay turns it off): both legs plain TCP, so
+//     io.Copy splices and the bytes never reach user space. The floor for
+//     two forwarding processes, and how much of the tunnel's cost is the
+//     layout itself;
+//   - "2 TLS relays" (-no-tls-relay turns it off): the leg between relay1 and
+//     relay2 is mutual TLS 1.3 (crypto/tls, one TLS connection per client
+//     connection, no WebSocket, no yamux; half-close passed on as
+//     close_notify). Each relay has its own certificate, issued with tlsgen in
+//     the run's directory by the CA the instances use, and accepts only a peer
+//     whose certificate chains to that CA. TLS rules out splice (and this
+//     kernel has no kTLS), so every byte is read, sealed or opened, and written
+//     in user space by both processes. It is the floor in layers (TLS and
+//     nothing else) for any design that encrypts between two forwarding
+//     processes: a round trip through it is what such a design pays for its
+//     hops and its TLS. For bulk transfer it is the plainest such design, not
+//     a bound:
+//     io.Copy reads 32 KiB at a time and crypto/tls writes each 16 KiB record
+//     with a system call of its own, where the tunnel reads up to 256 KiB and
+//     writes sixteen records in one call (tunnel/cork.go), so the tunnel can
+//     spend less CPU per GB than these relays. relay1, next to the client,
+//     dials relay2 and is the TLS client (in the tunnel, the dialling end is
+//     onprem1, next to the server); once the handshake is done, both directions
+//     cost the same in TLS. Its new-connections figure is left out: each client
+//     connection would pay a full TLS handshake (two signatures and two chain
+//     verifications), while the tunnel opens a stream on one long-lived TLS
+//     session, so the figure would measure the handshake, not the layout;
+//     Figure.TLSRelayStatus says so.
+//
+// In the JSON, Figure.Relay and Figure.TLSRelay (with their runs) are
+// the references' medians; the table prints each beside direct as a
+// ratio. The references have no targets.
 //
 // Every loop is bounded in count and in time, every connection has a
 // deadline, the whole run has a time limit, and it stops by itself.

@@ -410,6 +410,23 @@ func freePort(ip string) (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// freePorts returns n distinct TCP ports that are free on ip right now:
+// it holds each until it has them all, so that none comes back twice.
+func freePorts(ip string, n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() { closeListeners(lns) }()
+	ports := make([]int, n)
+	for i := range ports {
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		lns = append(lns, ln)
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return ports, nil
+}
+
 // idleTimeoutYAML is d as a config duration, or "" for none.
 func idleTimeoutYAML(d time.Duration) string {
 	if d <= 0 {
