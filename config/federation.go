@@ -63,8 +63,11 @@ type Federation struct {
 	// BatchSize is the most journal entries shipped in one batch,
 	// 1 to 10000. Default 512.
 	BatchSize int `yaml:"batch-size"`
-	// SendInterval is how often idle partitions are checked for new
-	// journal entries. Default 50ms; must be greater than 0.
+	// SendInterval is how often the sender looks at every partition even
+	// when nothing woke it: positions still to learn, retries after an
+	// error, operator changes. A committed change is sent at once (one
+	// batch per partition in flight; what commits meanwhile goes in the
+	// next). Default 50ms; must be greater than 0.
 	SendInterval Duration `yaml:"send-interval"`
 }
 

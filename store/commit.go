@@ -184,6 +184,14 @@ func (s *service) commitLoop(part int) {
 			p.purge(s.keep(), p.purgeTo)
 		}
 		s.pmu[part].Unlock()
+		if err == nil && s.fed != nil && slices.ContainsFunc(entries, func(j jentry) bool { return j.Op != opFedMark }) {
+			// Ship it now rather than at the next send interval: the loop
+			// sends one batch per partition at a time, so under load what
+			// commits meanwhile still leaves together.
+			for _, peer := range s.fed.peers {
+				wake(peer.kick)
+			}
+		}
 		for _, w := range batch {
 			w.err = err
 			close(w.done)

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,7 @@ type siteSpec struct {
 	auto    bool
 	initial map[string]string
 	resolve Resolver
+	every   time.Duration // FedOptions.SendInterval; 0: 10ms
 }
 
 func startFed(t *testing.T, specs ...siteSpec) *fedSites {
@@ -37,7 +39,7 @@ func startFed(t *testing.T, specs ...siteSpec) *fedSites {
 	for _, sp := range specs {
 		o := testOptions()
 		o.Schemes = []Scheme{{Name: "default", BackupCount: 1, FedTo: sp.to, FedFrom: sp.from}}
-		o.Fed = FedOptions{Policy: sp.policy, Limit: sp.limit, AutoReplicate: sp.auto, SendInterval: 10 * time.Millisecond}
+		o.Fed = FedOptions{Policy: sp.policy, Limit: sp.limit, AutoReplicate: sp.auto, SendInterval: cmp.Or(sp.every, 10*time.Millisecond)}
 		if sp.resolve != nil {
 			o.Resolvers = map[string]Resolver{"default": sp.resolve}
 		}
@@ -565,4 +567,21 @@ func TestFederationIdleIsQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGet(t, f.store("cloud"), "after")
+}
+
+// TestFederationShipsOnCommit: a committed change is shipped at once, not
+// at the next send interval (here an hour, so only the commit's wake-up
+// can send it).
+func TestFederationShipsOnCommit(t *testing.T) {
+	a, b := aa("cloud", "onprem")
+	a.every, b.every = time.Hour, time.Hour
+	f := startFed(t, a, b)
+	ctx := context.Background()
+	for i := range 5 {
+		key := fmt.Sprintf("now%d", i)
+		if err := f.store("cloud").Put(ctx, "", "c", key, []byte("v"), 0); err != nil {
+			t.Fatal(err)
+		}
+		waitGet(t, f.store("onprem"), key)
+	}
 }
