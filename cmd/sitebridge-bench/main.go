@@ -66,6 +66,7 @@ func run(ctx context.Context, args []string) error {
 	limit := fs.Duration("timeout", 10*time.Minute, "stop the whole run after this long")
 	noRelay := fs.Bool("no-relay", false, "skip the reference column (two plain TCP relays in a chain)")
 	noTLSRelay := fs.Bool("no-tls-relay", false, "skip the second reference column (two relays in a chain with mutual TLS 1.3 between them)")
+	relayCopy := fs.Int("relay-copy", 0, "the reference relays copy every byte through user-space buffers of this many bytes instead of io.Copy (which splices between TCP connections): what forwarding costs when the bytes must reach user space, as they must under TLS")
 	inprocServers := fs.Bool("inproc-servers", false, "run the sink, echo and source servers inside the bench process instead of a process of their own")
 	fs.BoolVar(&o.NoLoopback, "no-loopback", false, "skip the loopback figures (with -wan on: only the WAN profile)")
 	only := fs.String("only", "", "comma-separated groups to run: "+strings.Join(bench.Groups, ", ")+" (default: all)")
@@ -118,6 +119,7 @@ func run(ctx context.Context, args []string) error {
 	if !*noTLSRelay {
 		o.TLSRelayArgv = []string{exe, "relay"}
 	}
+	o.RelayCopy = *relayCopy
 	if !*inprocServers {
 		o.ServersArgv = []string{exe, "servers"}
 	}

@@ -45,6 +45,10 @@ type Options struct {
 	// loopback layout: the memory figures then show what the idle guard
 	// costs per held connection.
 	IdleTimeout time.Duration
+	// RelayCopy, if > 0, makes the reference relays copy every byte
+	// through user-space buffers of this size (relay -copy-buffer): what
+	// forwarding costs when the bytes must reach user space, as under TLS.
+	RelayCopy int
 	// Only, if set, limits the run to these groups (see [Groups]), for
 	// profiling one figure or running the site store or federation alone.
 	Only []string
@@ -187,6 +191,7 @@ type ParamsJSON struct {
 	ConnWorkers       int     `json:"conn_workers"`
 	ConnSeconds       float64 `json:"conn_seconds"`
 	HeldConnections   int     `json:"held_connections"`
+	RelayCopyBytes    int     `json:"relay_copy_bytes,omitempty"` // -relay-copy: the relays' user-space buffer (0: io.Copy, splice)
 }
 
 // Run measures everything and returns the results. An error means the run
@@ -214,6 +219,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		Params: ParamsJSON{
 			ThroughputSeconds: p.tpDur.Seconds(), ChunkBytes: chunkSize, EchoBytes: echoSize, EchoRoundTrips: p.echoN,
 			ConnWorkers: p.connWorkers, ConnSeconds: p.connDur.Seconds(), HeldConnections: p.held,
+			RelayCopyBytes: max(o.RelayCopy, 0),
 		},
 	}
 	if _, err := os.Stat(o.Bin); err != nil {
@@ -709,6 +715,9 @@ func WriteTable(w io.Writer, r *Results) {
 	fmt.Fprintf(w, "sitebridge bench: %s mode, %d run(s) per figure, medians; %s, %d CPUs (%s), kernel %s, commit %s\n",
 		r.Mode, r.Runs, r.Machine.GoVersion, r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Commit)
 	if len(r.Figures) > 0 {
+		if r.Params.RelayCopyBytes > 0 {
+			fmt.Fprintf(w, "reference relays copy every byte through %d-byte user-space buffers (-relay-copy): no splice\n", r.Params.RelayCopyBytes)
+		}
 		writeFigures(w, r.Figures)
 	}
 	if r.Store != nil {

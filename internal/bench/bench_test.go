@@ -71,6 +71,10 @@ func TestLoadAgainstServers(t *testing.T) {
 
 	relay := freeAddrs(t, 3)
 	startRelay(t, relayPairs(relay, direct, "", "")...)
+	// The same through user-space buffers (-copy-buffer), a small one so
+	// that every transfer takes many reads.
+	copied := freeAddrs(t, 3)
+	startRelay(t, append([]string{"-copy-buffer=4096"}, relayPairs(copied, direct, "", "")...)...)
 
 	// client -> relay1 (hop1) -> mutual TLS -> relay2 (hop2) -> server
 	files := relayCertFiles(t, t.TempDir())
@@ -79,10 +83,10 @@ func TestLoadAgainstServers(t *testing.T) {
 	startRelay(t, append(files[0], relayPairs(hop1, hop2, "", tlsScheme)...)...)
 	tlsRelay := hop1
 
-	for _, tg := range []targets{relay, tlsRelay} {
+	for _, tg := range []targets{relay, copied, tlsRelay} {
 		waitEcho(t, tg.echo())
 	}
-	for name, tg := range map[string]targets{"direct": direct, "relay": relay, "tls-relay": tlsRelay} {
+	for name, tg := range map[string]targets{"direct": direct, "relay": relay, "copying relay": copied, "tls-relay": tlsRelay} {
 		if r, err := throughput(ctx, tg.sink(), 2, 100*time.Millisecond, 1<<30); err != nil || r <= 0 {
 			t.Errorf("%s throughput = %v, %v", name, r, err)
 		}
@@ -234,6 +238,8 @@ func TestRelayArgs(t *testing.T) {
 		{[]string{"-tls-cert", "/nonexistent", "-tls-key", "/nonexistent", "-tls-ca", files[0][5], "tls://127.0.0.1:1=127.0.0.1:2"}, "-tls-cert/-tls-key"},
 		{[]string{"-tls-cert", files[0][1], "-tls-key", files[0][3], "-tls-ca", files[0][1] + ".missing", "tls://127.0.0.1:1=127.0.0.1:2"}, "-tls-ca"},
 		{[]string{"-bogus", "127.0.0.1:1=127.0.0.1:2"}, "flag provided but not defined"},
+		{[]string{"-copy-buffer=262144", "127.0.0.1:1=127.0.0.1:2"}, ""},
+		{[]string{"-copy-buffer=-1", "127.0.0.1:1=127.0.0.1:2"}, "want 0 to 64 MiB"},
 	} {
 		_, err := parseRelayArgs(c.args)
 		switch {

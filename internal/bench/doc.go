@@ -100,6 +100,11 @@
 //     session, so the figure would measure the handshake, not the layout;
 //     Figure.TLSRelayStatus says so.
 //
+// -relay-copy N makes both references copy every byte through user-space
+// buffers of N bytes instead of io.Copy: the plain relays then show what
+// two forwarding processes cost when the bytes must reach user space (as
+// they must under TLS without kTLS), without any encryption.
+//
 // In the JSON, Figure.Relay and Figure.TLSRelay (with their runs) are
 // the references' medians; the table prints each beside direct as a
 // ratio. The references have no targets.

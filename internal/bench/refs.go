@@ -36,6 +36,15 @@ func startReferences(ctx context.Context, o Options, sp *spawner, dir, ip string
 		}
 	}
 	var chains []relayChain
+	if o.RelayCopy > 0 {
+		flag := fmt.Sprintf("-copy-buffer=%d", o.RelayCopy)
+		if len(o.RelayArgv) > 0 {
+			o.RelayArgv = append(slices.Clone(o.RelayArgv), flag)
+		}
+		if len(o.TLSRelayArgv) > 0 {
+			o.TLSRelayArgv = append(slices.Clone(o.TLSRelayArgv), flag)
+		}
+	}
 	if len(o.RelayArgv) > 0 {
 		chains = append(chains, relayChain{name: refRelay, argv1: o.RelayArgv, argv2: o.RelayArgv})
 	}

@@ -93,6 +93,7 @@ type relayRoute struct {
 	listen, target string
 	serverTLS      *tls.Config // accept mutual TLS on listen; nil: plain TCP
 	clientTLS      *tls.Config // dial target with mutual TLS; nil: plain TCP
+	copyBuf        int         // > 0: copy through user space with buffers this big (no splice)
 }
 
 // parseRelayArgs reads Relay's flags and pairs, and loads the TLS files
@@ -103,6 +104,7 @@ func parseRelayArgs(args []string) ([]relayRoute, error) {
 	cert := fs.String("tls-cert", "", "certificate (PEM) a tls:// side presents")
 	key := fs.String("tls-key", "", "its private key (PEM)")
 	ca := fs.String("tls-ca", "", "CA certificate (PEM) the peer's certificate must chain to")
+	copyBuf := fs.Int("copy-buffer", 0, "copy every byte through user space with buffers of this many bytes, never splicing (0: io.Copy, which splices between TCP connections)")
 	if err := fs.Parse(args); err != nil {
 		return nil, fmt.Errorf("relay: %w (usage: relay [-tls-cert FILE -tls-key FILE -tls-ca FILE] [tls://]LISTEN=[tls://]TARGET...)", err)
 	}
@@ -131,9 +133,13 @@ func parseRelayArgs(args []string) ([]relayRoute, error) {
 			return nil, err
 		}
 	}
+	if *copyBuf < 0 || *copyBuf > 64<<20 {
+		return nil, fmt.Errorf("relay: -copy-buffer %d: want 0 to 64 MiB", *copyBuf)
+	}
 	routes := make([]relayRoute, len(pairs))
 	for i, p := range pairs {
 		routes[i] = m.route(p)
+		routes[i].copyBuf = *copyBuf
 	}
 	return routes, nil
 }
@@ -261,7 +267,7 @@ func (r relayRoute) relay(ctx context.Context, c net.Conn) error {
 		return err
 	}
 	defer t.Close()
-	pipe(ctx, c, t)
+	pipe(ctx, c, t, r.copyBuf)
 	return nil
 }
 
@@ -292,17 +298,23 @@ func handshake(ctx context.Context, c *tls.Conn) error {
 
 // pipe copies a to b and b to a, each direction half-closing its
 // destination (TCP FIN, or TLS close_notify) when its source ends, and
-// returns when both have ended or ctx is done.
-func pipe(ctx context.Context, a, b net.Conn) {
+// returns when both have ended or ctx is done. With copyBuf > 0 every
+// byte goes through a user-space buffer of that size.
+func pipe(ctx context.Context, a, b net.Conn, copyBuf int) {
 	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
 	defer stop()
+	cp := func(dst, src net.Conn) {
+		if copyBuf > 0 {
+			// Hide ReadFrom and WriteTo, which would splice.
+			io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, copyBuf))
+		} else {
+			io.Copy(dst, src)
+		}
+		closeWrite(dst)
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		io.Copy(b, a)
-		closeWrite(b)
-	})
-	io.Copy(a, b)
-	closeWrite(a)
+	wg.Go(func() { cp(b, a) })
+	cp(a, b)
 	wg.Wait()
 }
 
