@@ -745,12 +745,29 @@ func WriteTable(w io.Writer, r *Results) {
 }
 
 func writeFigures(w io.Writer, figs []Figure) {
+	// A reference's columns appear only if some figure has it (the WAN
+	// profile runs none).
+	var hasRelay, hasTLS bool
+	for _, f := range figs {
+		hasRelay = hasRelay || f.Relay != nil
+		hasTLS = hasTLS || f.TLSRelay != nil || f.TLSRelayStatus != ""
+	}
+	row := func(cells []string, relay, tls [2]string) string {
+		if hasRelay {
+			cells = append(cells, relay[:]...)
+		}
+		if hasTLS {
+			cells = append(cells, tls[:]...)
+		}
+		return strings.Join(cells, "\t") + "\t"
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "figure\tdirect\ttunnel\tratio\ttarget\t\t2 TCP relays (ref.)\tratio\t2 TLS relays (ref.)\tratio\t")
+	fmt.Fprintln(tw, row([]string{"figure", "direct", "tunnel", "ratio", "target", ""},
+		[2]string{"2 TCP relays (ref.)", "ratio"}, [2]string{"2 TLS relays (ref.)", "ratio"}))
 	var notes []string
 	for _, f := range figs {
 		if f.Status != "" {
-			fmt.Fprintf(tw, "%s\t%s\t\t\t%s\t\t\t\t\t\t\n", f.Name, f.Status, f.Target)
+			fmt.Fprintln(tw, row([]string{f.Name, f.Status, "", "", f.Target, ""}, [2]string{}, [2]string{}))
 			continue
 		}
 		dv, rv, mark := "—", "—", ""
@@ -772,8 +789,8 @@ func writeFigures(w io.Writer, figs []Figure) {
 			tlsRelay = "—"
 			notes = append(notes, fmt.Sprintf("2 TLS relays, %s: %s", f.Name, f.TLSRelayStatus))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", f.Name, dv, fmtNum(*f.Tunnel)+" "+f.Unit, rv, f.Target, mark,
-			relay, relayRatio, tlsRelay, tlsRelayRatio)
+		fmt.Fprintln(tw, row([]string{f.Name, dv, fmtNum(*f.Tunnel) + " " + f.Unit, rv, f.Target, mark},
+			[2]string{relay, relayRatio}, [2]string{tlsRelay, tlsRelayRatio}))
 	}
 	tw.Flush()
 	for _, n := range notes {
