@@ -154,14 +154,34 @@ func roundTrip(addr, line string) error {
 // shows its tunnels, the streams the test opened and the federation.
 func metricsAndReadiness(t *testing.T, host string, insts []Instance) {
 	t.Helper()
+	// Readiness is a state, not an event: under load (the race detector,
+	// other test packages on the same two CPUs) a tunnel may be redialled
+	// for a moment, so poll as a readiness probe would, and say what the
+	// instance waited for if it never got there.
 	for _, in := range insts {
-		resp, err := http.Get("http://" + net.JoinHostPort(host, strconv.Itoa(in.AdminPort)) + "/readyz")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("%s /readyz: %s", in.Name, resp.Status)
+		url := "http://" + net.JoinHostPort(host, strconv.Itoa(in.AdminPort)) + "/readyz"
+		start := time.Now()
+		var first []byte // what it first waited for
+		for {
+			resp, err := http.Get(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				if first != nil {
+					t.Logf("%s ready after %v; it first answered %s", in.Name, time.Since(start).Round(time.Millisecond), strings.Join(strings.Fields(string(first)), " "))
+				}
+				break
+			}
+			if first == nil {
+				first = body
+			}
+			if time.Since(start) > 20*time.Second {
+				t.Fatalf("%s /readyz: %s %s", in.Name, resp.Status, strings.Join(strings.Fields(string(body)), " "))
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
 	resp, err := http.Get("http://" + net.JoinHostPort(host, strconv.Itoa(insts[0].AdminPort)) + "/metrics")
