@@ -182,9 +182,16 @@ func (s *Supervisor) Run(ctx context.Context, ready func()) error {
 			in.adminAddr = adminLn.Addr().String()
 			ictx, cancel := context.WithCancelCause(ctx)
 			s.mu.Lock()
-			s.cur, s.stop, s.pending = in, func() { cancel(errStopped) }, false
+			s.stop, s.pending = func() { cancel(errStopped) }, false
 			s.mu.Unlock()
-			err = in.Run(ictx, readyOnce)
+			err = in.Run(ictx, func() {
+				// Published once bound: Status and the admin API read
+				// what binding sets (the cluster, the listeners).
+				s.mu.Lock()
+				s.cur = in
+				s.mu.Unlock()
+				readyOnce()
+			})
 			cancel(nil)
 			s.mu.Lock()
 			s.cur, s.stop = nil, nil
@@ -225,7 +232,8 @@ func (s *Supervisor) waitStart(ctx context.Context) bool {
 	}
 }
 
-// Current returns the running instance, or nil while stopped.
+// Current returns the running instance once it has bound its listeners,
+// or nil while stopped or still starting.
 func (s *Supervisor) Current() *Instance {
 	s.mu.Lock()
 	defer s.mu.Unlock()

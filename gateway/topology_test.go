@@ -129,3 +129,50 @@ func waitCurrent(t *testing.T, s *Supervisor, not *Instance) *Instance {
 	t.Fatal("no (new) instance running within 20s")
 	return nil
 }
+
+// TestStatusDuringRestarts: the dashboard and probes read an instance's
+// status while the drill stops and starts it. An instance is visible only
+// once it has bound its listeners and joined its cluster; before, status
+// read the cluster field while binding wrote it (found by -race in CI; the
+// race detector is what fails this test without the fix).
+func TestStatusDuringRestarts(t *testing.T) {
+	e := newEnv(t, "cloud/cloud1")
+	cfg := e.parse(withGossipKey(cloudYAML("cloud1", e.echoB)), both(listenOn("127.0.0.1:0", "127.0.0.1:0"), clustered("cloud")))
+	s, err := NewSupervisor(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, nil) }()
+	polls := make(chan int, 1)
+	pollCtx, stopPolling := context.WithCancel(ctx)
+	go func() {
+		n := 0
+		for pollCtx.Err() == nil {
+			if st := s.status(); st.State != "running" && st.State != "stopped" {
+				t.Errorf("state %q", st.State)
+			}
+			s.ready()
+			n++
+		}
+		polls <- n
+	}()
+	defer func() {
+		stopPolling()
+		if n := <-polls; n == 0 {
+			t.Error("no status read while restarting")
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	in := waitCurrent(t, s, nil)
+	for range 5 {
+		if !s.Stop() || !s.Start() {
+			t.Fatal("stop or start refused")
+		}
+		in = waitCurrent(t, s, in)
+	}
+}
