@@ -395,26 +395,10 @@ func TestEarlyDataClientsAndServersFirst(t *testing.T) {
 
 // startBanner serves a line-echo server that first writes greeting.
 func startBanner(t *testing.T, greeting string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				io.WriteString(c, greeting)
-				io.Copy(c, c)
-			})
-		}
+	return serveConns(t, func(c net.Conn) {
+		io.WriteString(c, greeting)
+		io.Copy(c, c)
 	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
 }
 
 func TestTargetHealthAnnouncedToPeers(t *testing.T) {

@@ -19,6 +19,21 @@ import (
 // closes, so a test can tell which server a connection reached.
 func tagServer(t *testing.T, tag string) string {
 	t.Helper()
+	return serveConns(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(c, "%s:%s", tag, line)
+	})
+}
+
+// serveConns runs handle on each connection to a new loopback listener,
+// which it closes when handle returns, until the test ends; it returns
+// the listener's address.
+func serveConns(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -32,12 +47,7 @@ func tagServer(t *testing.T, tag string) string {
 			}
 			wg.Go(func() {
 				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				line, err := bufio.NewReader(c).ReadString('\n')
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%s:%s", tag, line)
+				handle(c)
 			})
 		}
 	})
