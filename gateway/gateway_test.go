@@ -393,6 +393,50 @@ func TestEarlyDataClientsAndServersFirst(t *testing.T) {
 	}
 }
 
+// TestEarlyDataFollowsReload: services[].early-data is read per
+// connection, so a reload turns it on and off for the next clients.
+func TestEarlyDataFollowsReload(t *testing.T) {
+	e := newEnv(t, "cloud/cloud1", "onprem/onprem1")
+	fix := listenOn("127.0.0.1:0", "127.0.0.1:0")
+	cloud := e.start(cloudYAML("cloud1", e.echoB), fix)
+	e.start(onpremYAML("onprem1", e.echoA, wssURL(cloud.TunnelAddr())), listenOn("", "127.0.0.1:0"))
+	waitFor(t, "tunnel up", 5*time.Second, func() bool { return tunnels(cloud) == 1 })
+	sent := func() int { return strings.Count(cloud.logs.String(), "(early data)") }
+	clients := func() {
+		t.Helper()
+		for i := range 10 {
+			if err := roundTrip(cloud.AcceptAddr("server-a"), fmt.Sprintf("line %d\n", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	reload := func(on bool) {
+		t.Helper()
+		next := e.parse(cloudYAML("cloud1", e.echoB), fix)
+		for i := range next.Services {
+			next.Services[i].EarlyData = on && next.Services[i].Accept != ""
+		}
+		if _, err := cloud.Reload(next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clients()
+	if n := sent(); n != 0 {
+		t.Fatalf("early data sent %d times while off", n)
+	}
+	reload(true)
+	clients()
+	on := sent()
+	if on == 0 {
+		t.Fatal("no early data after the reload turned it on")
+	}
+	reload(false)
+	clients()
+	if n := sent(); n != on {
+		t.Fatalf("early data sent %d more times after the reload turned it off", n-on)
+	}
+}
+
 // startBanner serves a line-echo server that first writes greeting.
 func startBanner(t *testing.T, greeting string) string {
 	return serveConns(t, func(c net.Conn) {
