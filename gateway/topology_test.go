@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sitebridge/sitebridge/config"
 )
 
 // TestMemberAdmin: a member listening on every address is asked at its
@@ -67,20 +69,7 @@ func TestAdminRefusesCrossOriginPosts(t *testing.T) {
 // the instance starts again, as a new instance, once it has stopped.
 func TestStartWhileStoppingStartsAgain(t *testing.T) {
 	e := newEnv(t, "cloud/cloud1")
-	cfg := e.parse(cloudYAML("cloud1", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0"))
-	s, err := NewSupervisor(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, nil) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	s := runSupervisor(t, e.parse(cloudYAML("cloud1", e.echoB), listenOn("127.0.0.1:0", "127.0.0.1:0")))
 	first := waitCurrent(t, s, nil)
 	if s.Start() {
 		t.Fatal("Start of a running instance reported true")
@@ -116,6 +105,26 @@ func TestStartWhileStoppingStartsAgain(t *testing.T) {
 	waitCurrent(t, s, second)
 }
 
+// runSupervisor runs a supervisor for cfg until the test ends; Run must
+// then return without error.
+func runSupervisor(t *testing.T, cfg *config.Config) *Supervisor {
+	t.Helper()
+	s, err := NewSupervisor(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
 // waitCurrent polls until the supervisor runs an instance other than not.
 func waitCurrent(t *testing.T, s *Supervisor, not *Instance) *Instance {
 	t.Helper()
@@ -137,16 +146,9 @@ func waitCurrent(t *testing.T, s *Supervisor, not *Instance) *Instance {
 // race detector is what fails this test without the fix).
 func TestStatusDuringRestarts(t *testing.T) {
 	e := newEnv(t, "cloud/cloud1")
-	cfg := e.parse(withGossipKey(cloudYAML("cloud1", e.echoB)), both(listenOn("127.0.0.1:0", "127.0.0.1:0"), clustered("cloud")))
-	s, err := NewSupervisor(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx, nil) }()
+	s := runSupervisor(t, e.parse(withGossipKey(cloudYAML("cloud1", e.echoB)), both(listenOn("127.0.0.1:0", "127.0.0.1:0"), clustered("cloud"))))
 	polls := make(chan int, 1)
-	pollCtx, stopPolling := context.WithCancel(ctx)
+	pollCtx, stopPolling := context.WithCancel(context.Background())
 	go func() {
 		n := 0
 		for pollCtx.Err() == nil {
@@ -162,10 +164,6 @@ func TestStatusDuringRestarts(t *testing.T) {
 		stopPolling()
 		if n := <-polls; n == 0 {
 			t.Error("no status read while restarting")
-		}
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
 		}
 	}()
 	in := waitCurrent(t, s, nil)
